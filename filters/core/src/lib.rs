@@ -1,0 +1,27 @@
+//! Host-agnostic waypoint logic: no proxy-wasm, no I/O.
+//!
+//! - [`peer`]: the peer model and SPIFFE identities;
+//! - [`baggage`]: the HBONE `baggage` header, every form ztunnel and Envoy write;
+//! - [`legacy`]: the sidecar-era `x-envoy-peer-metadata` header;
+//! - [`labels`]: Istio's waypoint metric labels and their stat-name encoding;
+//! - [`response_flags`]: Envoy's response flag bits as short strings;
+//! - [`config`]: the plugin configuration;
+//! - [`host`]: the small traits the roles need from the proxy;
+//! - [`roles`]: what each of the module's three filters does;
+//! - [`worker`]: per-worker state: tunnel table, interned peers, metric ids;
+//! - [`value`]: what a label value taken from the network may contain.
+
+pub mod baggage;
+pub mod config;
+pub mod host;
+pub mod labels;
+pub mod legacy;
+pub mod peer;
+pub mod response_flags;
+pub mod roles;
+pub mod value;
+pub mod worker;
+
+pub use config::{Limits, PluginConfig};
+pub use labels::{Labels, RequestFacts, RoutedService};
+pub use peer::{Peer, SpiffeId, WorkloadType};

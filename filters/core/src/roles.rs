@@ -1,0 +1,317 @@
+//! The three roles of the waypoint module, written against [`crate::host`]:
+//!
+//! - [`Downstream`] on connect_terminate: consumes the client's peer metadata
+//!   from the HBONE CONNECT and answers the CONNECT 200 with our own `baggage`.
+//! - [`Upstream`] on the tunnel cluster: sends our `baggage` on the upstream
+//!   CONNECT and binds the destination's `baggage` from the CONNECT 200 to the tunnel.
+//! - [`Stats`] on main_internal: at stream end, emits the Istio metrics with
+//!   both peers' labels.
+//!
+//! The downstream peer reaches main_internal through Envoy filter state that
+//! the stock `set_filter_state` filter writes on connect_terminate (a wasm
+//! filter cannot share filter state with upstream connections):
+//! [`DOWNSTREAM_FILTER_STATE`], formatted as [`DOWNSTREAM_FORMAT`].
+
+use crate::baggage;
+use crate::config::PluginConfig;
+use crate::host::{HeaderMap, Host, find_header, le_u64};
+use crate::labels::RoutedService;
+use crate::legacy;
+use crate::peer::Peer;
+use crate::value;
+use crate::worker::{ErrorReason, Observation, TunnelState, Worker};
+
+/// Filter state key holding the downstream peer, shared once with main_internal.
+pub const DOWNSTREAM_FILTER_STATE: &str = "wp.downstream_peer";
+/// What connect_terminate's `set_filter_state` stores under that key: the TLS
+/// identity, the CONNECT `baggage` and the CONNECT legacy header, one per line
+/// (`omit_empty_values: true` so that absent ones are empty, not `-`).
+pub const DOWNSTREAM_FORMAT: &str = "%DOWNSTREAM_PEER_URI_SAN%\n%REQ(baggage)%\n%REQ(x-envoy-peer-metadata)%";
+/// Response header main_internal's tunnel routes add with `%UPSTREAM_CONNECTION_ID%`
+/// (and a native filter removes after the stats filter has read it).
+pub const UPSTREAM_CONNECTION_HEADER: &str = "x-wp-upconn";
+
+const BAGGAGE: &str = "baggage";
+
+/// Our own identity as the `baggage` we propagate, when configured and enabled.
+fn own_baggage(config: &PluginConfig) -> Option<Vec<u8>> {
+    config.identity.as_ref().filter(|_| config.baggage_discovery).map(|peer| baggage::encode_envoy(peer).into_bytes())
+}
+
+/// Logs nothing, counts the failure: host errors must never stop traffic.
+fn counted<T>(result: Result<T, crate::host::HostError>, host: &impl Host, worker: &mut Worker) -> Option<T> {
+    result.map_err(|_| worker.count(ErrorReason::HostCall, host)).ok()
+}
+
+/// connect_terminate: the HBONE CONNECT from the client's ztunnel.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    config: PluginConfig,
+    own_baggage: Option<Vec<u8>>,
+}
+
+impl Downstream {
+    pub fn new(config: PluginConfig) -> Self {
+        Self { own_baggage: own_baggage(&config), config }
+    }
+
+    /// Removes the peer metadata headers we consume, so they are not routed on.
+    pub fn on_connect_request(&self, host: &impl Host, worker: &mut Worker) {
+        let mut consumed: Vec<&str> = Vec::with_capacity(3);
+        if self.config.baggage_discovery {
+            consumed.push(BAGGAGE);
+        }
+        if self.config.legacy_discovery {
+            consumed.extend([legacy::HEADER, legacy::ID_HEADER]);
+        }
+        if consumed.is_empty() {
+            return;
+        }
+        let Some(headers) = counted(host.headers(HeaderMap::Request), host, worker) else { return };
+        for name in consumed {
+            if find_header(&headers, name).is_some() {
+                counted(host.remove_header(HeaderMap::Request, name), host, worker);
+            }
+        }
+    }
+
+    /// Answers a successful CONNECT with our own `baggage` (errors never carry it).
+    pub fn on_connect_response(&self, host: &impl Host, worker: &mut Worker) {
+        let Some(own) = &self.own_baggage else { return };
+        let status = counted(host.header(HeaderMap::Response, ":status"), host, worker).flatten();
+        if status.as_deref() == Some(b"200") {
+            counted(host.add_header(HeaderMap::Response, BAGGAGE, own), host, worker);
+        }
+    }
+}
+
+/// The tunnel cluster's upstream filter: one instance per CONNECT stream.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    config: PluginConfig,
+    own_baggage: Option<Vec<u8>>,
+}
+
+impl Upstream {
+    pub fn new(config: PluginConfig) -> Self {
+        Self { own_baggage: own_baggage(&config), config }
+    }
+
+    /// The CONNECT leaves: remember the tunnel by its connection id and
+    /// announce ourselves. Returns the id to pass to the later callbacks.
+    pub fn on_connect_request(&self, host: &impl Host, worker: &mut Worker) -> Option<u64> {
+        if let Some(own) = &self.own_baggage {
+            counted(host.add_header(HeaderMap::Request, BAGGAGE, own), host, worker);
+        }
+        let id = counted(host.property(&["connection", "id"]), host, worker).flatten().and_then(|b| le_u64(&b));
+        let Some(id) = id else {
+            worker.count(ErrorReason::HostCall, host);
+            return None;
+        };
+        if !worker.tunnels.open(id) {
+            worker.count(ErrorReason::TunnelLimit, host);
+        }
+        Some(id)
+    }
+
+    /// The CONNECT answer: bind the destination peer to this tunnel.
+    pub fn on_connect_response(&self, host: &impl Host, worker: &mut Worker, tunnel: u64) {
+        let Some(headers) = counted(host.headers(HeaderMap::Response), host, worker) else {
+            worker.tunnels.answered(tunnel, TunnelState::Failed);
+            return;
+        };
+        if find_header(&headers, ":status") != Some(b"200") {
+            worker.tunnels.answered(tunnel, TunnelState::Failed);
+            return;
+        }
+        let mut peer = Peer::default();
+        if self.config.baggage_discovery
+            && let Some(raw) = find_header(&headers, BAGGAGE)
+        {
+            peer = decode_baggage(raw, &self.config, host, worker);
+        }
+        let san = counted(host.property(&["upstream", "uri_san_peer_certificate"]), host, worker).flatten();
+        peer.principal = principal(san.as_deref().unwrap_or_default(), &self.config, host, worker);
+        let id = worker.peer_id(peer, host);
+        worker.tunnels.answered(tunnel, TunnelState::Established(id));
+    }
+
+    /// The tunnel is gone (the upstream filter never sees `on_log`, only `on_done`).
+    pub fn on_done(&self, worker: &mut Worker, tunnel: u64) {
+        worker.tunnels.close(tunnel);
+    }
+}
+
+/// What the stats role learns about one request before it ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestState {
+    grpc: bool,
+    inner_legacy: Option<Vec<u8>>,
+    response_code: u32,
+    grpc_status: Option<u32>,
+    destination: u32,
+}
+
+/// main_internal: one instance per inner HTTP request.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    config: PluginConfig,
+}
+
+impl Stats {
+    pub fn new(config: PluginConfig) -> Self {
+        Self { config }
+    }
+
+    /// Notes whether the request is gRPC and consumes a sidecar's legacy header.
+    pub fn on_request_headers(&self, host: &impl Host, worker: &mut Worker, state: &mut RequestState) {
+        let Some(headers) = counted(host.headers(HeaderMap::Request), host, worker) else { return };
+        state.grpc = find_header(&headers, "content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"));
+        if self.config.legacy_discovery
+            && let Some(raw) = find_header(&headers, legacy::HEADER)
+        {
+            state.inner_legacy = Some(raw.to_vec());
+            counted(host.remove_header(HeaderMap::Request, legacy::HEADER), host, worker);
+            if find_header(&headers, legacy::ID_HEADER).is_some() {
+                counted(host.remove_header(HeaderMap::Request, legacy::ID_HEADER), host, worker);
+            }
+        }
+    }
+
+    /// Reads the status and binds the destination while its tunnel is surely alive.
+    pub fn on_response_headers(&self, host: &impl Host, worker: &mut Worker, state: &mut RequestState) {
+        let Some(headers) = counted(host.headers(HeaderMap::Response), host, worker) else { return };
+        state.response_code = find_header(&headers, ":status").and_then(parse_u32).unwrap_or(0);
+        if state.grpc {
+            // A trailers-only gRPC answer carries its status in the headers.
+            state.grpc_status = find_header(&headers, "grpc-status").and_then(parse_u32);
+        }
+        let Some(x) = find_header(&headers, UPSTREAM_CONNECTION_HEADER).and_then(parse_u64) else { return };
+        state.destination = match worker.tunnels.carrier_of(x) {
+            Some(TunnelState::Established(peer)) => peer,
+            Some(TunnelState::Pending | TunnelState::Failed) => 0,
+            None => {
+                worker.count(ErrorReason::TunnelUnbound, host);
+                0
+            }
+        };
+    }
+
+    pub fn on_response_trailers(&self, host: &impl Host, worker: &mut Worker, state: &mut RequestState) {
+        if state.grpc {
+            let status = counted(host.header(HeaderMap::ResponseTrailers, "grpc-status"), host, worker).flatten();
+            if let Some(status) = status.as_deref().and_then(parse_u32) {
+                state.grpc_status = Some(status);
+            }
+        }
+    }
+
+    /// Stream end: emit the metrics.
+    pub fn on_log(&self, host: &impl Host, worker: &mut Worker, state: &RequestState) {
+        let read = |worker: &mut Worker, path: &[&str]| counted(host.property(path), host, worker).flatten();
+        let number = |worker: &mut Worker, path: &[&str]| read(worker, path).and_then(|b| le_u64(&b)).unwrap_or(0);
+
+        let raw = read(worker, &["filter_state", DOWNSTREAM_FILTER_STATE]).unwrap_or_default();
+        let source = self.downstream_peer(raw, state.inner_legacy.as_deref(), host, worker);
+        let cluster = read(worker, &["xds", "cluster_name"]).unwrap_or_default();
+        let service = RoutedService::from_cluster_name(&cluster, self.config.limits.max_value_bytes);
+        let service = worker.service_id(service, host);
+        let observation = Observation {
+            source,
+            destination: state.destination,
+            service,
+            response_code: state.response_code,
+            response_flags: number(worker, &["response", "flags"]),
+            grpc: state.grpc,
+            grpc_status: state.grpc_status,
+            duration_ms: number(worker, &["request", "duration"]) / 1_000_000,
+            request_bytes: number(worker, &["request", "total_size"]),
+            response_bytes: number(worker, &["response", "total_size"]),
+        };
+        if worker.record(&observation, host).is_err() {
+            worker.count(ErrorReason::HostCall, host);
+        }
+    }
+
+    /// The downstream peer id: from the CONNECT `baggage`, else the CONNECT
+    /// legacy header, else the inner request's legacy header; the principal
+    /// always from TLS. Decoded once per distinct input.
+    fn downstream_peer(
+        &self,
+        mut raw: Vec<u8>,
+        inner_legacy: Option<&[u8]>,
+        host: &impl Host,
+        worker: &mut Worker,
+    ) -> u32 {
+        if let Some(inner) = inner_legacy {
+            raw.push(b'\n');
+            raw.extend_from_slice(inner);
+        }
+        worker.downstream_peer(&raw, host, |worker| {
+            let mut lines = raw.splitn(4, |b| *b == b'\n');
+            let san = lines.next().unwrap_or_default();
+            let connect_baggage = lines.next().unwrap_or_default();
+            let connect_legacy = lines.next().unwrap_or_default();
+            let inner_legacy = lines.next().unwrap_or_default();
+            let mut peer = Peer::default();
+            if self.config.baggage_discovery && !connect_baggage.is_empty() {
+                peer = decode_baggage(connect_baggage, &self.config, host, worker);
+            }
+            if self.config.legacy_discovery {
+                for candidate in [connect_legacy, inner_legacy] {
+                    if peer.is_empty() && !candidate.is_empty() {
+                        peer = decode_legacy(candidate, &self.config, host, worker);
+                    }
+                }
+            }
+            peer.principal = principal(san, &self.config, host, worker);
+            peer
+        })
+    }
+}
+
+fn decode_baggage(raw: &[u8], config: &PluginConfig, host: &impl Host, worker: &mut Worker) -> Peer {
+    match baggage::decode(raw, &config.limits) {
+        Ok(decoded) => {
+            if decoded.rejected_values > 0 {
+                worker.count(ErrorReason::ValueRejected, host);
+            }
+            decoded.peer
+        }
+        Err(_) => {
+            worker.count(ErrorReason::BaggageRejected, host);
+            Peer::default()
+        }
+    }
+}
+
+fn decode_legacy(raw: &[u8], config: &PluginConfig, host: &impl Host, worker: &mut Worker) -> Peer {
+    match legacy::decode(raw, &config.limits) {
+        Ok(decoded) => {
+            if decoded.rejected_values > 0 {
+                worker.count(ErrorReason::ValueRejected, host);
+            }
+            decoded.peer
+        }
+        Err(_) => {
+            worker.count(ErrorReason::LegacyRejected, host);
+            Peer::default()
+        }
+    }
+}
+
+/// A TLS identity as a label value; anything unexpected reads as unknown.
+fn principal(raw: &[u8], config: &PluginConfig, host: &impl Host, worker: &mut Worker) -> String {
+    value::sanitize(raw, config.limits.max_value_bytes).unwrap_or_else(|_| {
+        worker.count(ErrorReason::ValueRejected, host);
+        String::new()
+    })
+}
+
+fn parse_u64(raw: &[u8]) -> Option<u64> {
+    std::str::from_utf8(raw).ok()?.trim().parse().ok()
+}
+
+fn parse_u32(raw: &[u8]) -> Option<u32> {
+    std::str::from_utf8(raw).ok()?.trim().parse().ok()
+}

@@ -1,0 +1,371 @@
+//! The three roles driven through a request's life against an in-memory host.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+
+use waypoint_core::host::{HeaderMap, HostError, MetricKind, Metrics, Stream};
+use waypoint_core::labels::LABEL_NAMES;
+use waypoint_core::roles::{Downstream, RequestState, Stats, Upstream};
+use waypoint_core::worker::Worker;
+use waypoint_core::{PluginConfig, legacy};
+
+type Headers = Vec<(String, Vec<u8>)>;
+
+#[derive(Default)]
+struct FakeHost {
+    maps: RefCell<HashMap<&'static str, Headers>>,
+    properties: HashMap<String, Vec<u8>>,
+    defined: RefCell<Vec<(MetricKind, String)>>,
+    values: RefCell<HashMap<u32, Vec<i128>>>,
+    failing: HashSet<&'static str>,
+}
+
+fn map_name(map: HeaderMap) -> &'static str {
+    match map {
+        HeaderMap::Request => "request",
+        HeaderMap::Response => "response",
+        HeaderMap::ResponseTrailers => "trailers",
+    }
+}
+
+impl FakeHost {
+    fn with(mut self, map: HeaderMap, headers: &[(&str, &str)]) -> Self {
+        let list = headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+        self.maps.get_mut().insert(map_name(map), list);
+        self
+    }
+    fn prop(mut self, path: &str, value: &[u8]) -> Self {
+        self.properties.insert(path.to_string(), value.to_vec());
+        self
+    }
+    fn num(self, path: &str, value: u64) -> Self {
+        self.prop(path, &value.to_le_bytes())
+    }
+    fn failing(mut self, call: &'static str) -> Self {
+        self.failing.insert(call);
+        self
+    }
+    fn check(&self, call: &'static str) -> Result<(), HostError> {
+        if self.failing.contains(call) { Err(HostError { call, status: "injected".into() }) } else { Ok(()) }
+    }
+    fn get(&self, map: HeaderMap, name: &str) -> Option<String> {
+        let maps = self.maps.borrow();
+        let list = maps.get(map_name(map))?;
+        list.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+    /// The labels and count of the only `istio_requests_total` series.
+    fn requests_total(&self) -> (HashMap<String, String>, i128) {
+        let defined = self.defined.borrow();
+        let counters: Vec<_> = defined
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, n))| *k == MetricKind::Counter && n.starts_with("istio_requests_total;"))
+            .collect();
+        assert_eq!(counters.len(), 1, "exactly one label set: {defined:?}");
+        let (id, (_, name)) = counters[0];
+        let labels = name.split(';').skip(1).filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into()));
+        let count = self.values.borrow().get(&(id as u32)).map(|v| v.iter().sum()).unwrap_or(0);
+        (labels.collect(), count)
+    }
+}
+
+impl Stream for FakeHost {
+    fn headers(&self, map: HeaderMap) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+        self.check("headers")?;
+        Ok(self.maps.borrow().get(map_name(map)).cloned().unwrap_or_default())
+    }
+    fn header(&self, map: HeaderMap, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+        self.check("header")?;
+        Ok(self.get(map, name).map(String::into_bytes))
+    }
+    fn remove_header(&self, map: HeaderMap, name: &str) -> Result<(), HostError> {
+        self.check("remove_header")?;
+        self.maps.borrow_mut().entry(map_name(map)).or_default().retain(|(k, _)| k != name);
+        Ok(())
+    }
+    fn add_header(&self, map: HeaderMap, name: &str, value: &[u8]) -> Result<(), HostError> {
+        self.check("add_header")?;
+        self.maps.borrow_mut().entry(map_name(map)).or_default().push((name.into(), value.to_vec()));
+        Ok(())
+    }
+    fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+        self.check("property")?;
+        Ok(self.properties.get(&path.join(".")).cloned())
+    }
+}
+
+impl Metrics for FakeHost {
+    fn define(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
+        self.check("define")?;
+        let mut defined = self.defined.borrow_mut();
+        defined.push((kind, name.to_string()));
+        Ok(defined.len() as u32 - 1)
+    }
+    fn increment(&self, id: u32, by: i64) -> Result<(), HostError> {
+        self.values.borrow_mut().entry(id).or_default().push(by.into());
+        Ok(())
+    }
+    fn record(&self, id: u32, value: u64) -> Result<(), HostError> {
+        self.values.borrow_mut().entry(id).or_default().push(value.into());
+        Ok(())
+    }
+}
+
+const CLIENT_BAGGAGE: &str = "k8s.cluster.name=cluster1,k8s.namespace.name=frontend,k8s.deployment.name=curl,\
+service.name=curl,service.version=v1,cloud.region=region-a,cloud.availability_zone=zone-a";
+const SERVER_BAGGAGE: &str = "k8s.cluster.name=cluster2,k8s.namespace.name=backend,k8s.deployment.name=echo-v2,\
+service.name=echo,service.version=v2";
+const CLIENT_SAN: &str = "spiffe://cluster.local/ns/frontend/sa/curl";
+const SERVER_SAN: &str = "spiffe://cluster.local/ns/backend/sa/echo";
+const CLUSTER: &str = "inbound-vip|8080|http|echo.backend.svc.cluster.local";
+
+fn config(json: &str) -> PluginConfig {
+    PluginConfig::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn waypoint_config() -> PluginConfig {
+    config(
+        r#"{"identity": {"workload_name": "waypoint", "workload_type": "deployment", "namespace": "backend",
+                             "cluster": "cluster1", "canonical_service": "waypoint"}}"#,
+    )
+}
+
+fn filter_state(san: &str, baggage: &str, legacy: &str) -> Vec<u8> {
+    format!("{san}\n{baggage}\n{legacy}").into_bytes()
+}
+
+/// One tunnel with connection id 8 answered by `server_baggage`, then one
+/// inner request whose upstream connection was id 7, ending with `status`.
+fn one_request(config: PluginConfig, downstream: Vec<u8>, server_baggage: &str, inner: &[(&str, &str)]) -> FakeHost {
+    let mut worker = Worker::new(&config.limits);
+    let upstream = Upstream::new(config.clone());
+    let tunnel_host = FakeHost::default()
+        .with(HeaderMap::Request, &[(":method", "CONNECT"), (":authority", "echo.backend.svc.cluster.local:8080")])
+        .with(HeaderMap::Response, &[(":status", "200"), ("baggage", server_baggage)])
+        .num("connection.id", 8)
+        .prop("upstream.uri_san_peer_certificate", SERVER_SAN.as_bytes());
+    let tunnel = upstream.on_connect_request(&tunnel_host, &mut worker);
+    assert_eq!(tunnel, Some(8));
+    upstream.on_connect_response(&tunnel_host, &mut worker, 8);
+
+    let stats = Stats::new(config);
+    let host = FakeHost::default()
+        .with(HeaderMap::Request, inner)
+        .with(HeaderMap::Response, &[(":status", "200"), ("x-wp-upconn", "7")])
+        .prop("filter_state.wp.downstream_peer", &downstream)
+        .prop("xds.cluster_name", CLUSTER.as_bytes())
+        .num("response.flags", 0)
+        .num("request.duration", 3_000_000)
+        .num("request.total_size", 120)
+        .num("response.total_size", 340);
+    let mut state = RequestState::default();
+    stats.on_request_headers(&host, &mut worker, &mut state);
+    stats.on_response_headers(&host, &mut worker, &mut state);
+    stats.on_response_trailers(&host, &mut worker, &mut state);
+    stats.on_log(&host, &mut worker, &state);
+    host
+}
+
+#[test]
+fn the_connect_loses_its_baggage_and_the_client_gets_ours_on_the_200() {
+    let downstream = Downstream::new(waypoint_config());
+    let mut worker = Worker::new(&waypoint_config().limits);
+    let host = FakeHost::default()
+        .with(
+            HeaderMap::Request,
+            &[(":method", "CONNECT"), ("baggage", CLIENT_BAGGAGE), ("forwarded", "for=\"1.2.3.4\"")],
+        )
+        .with(HeaderMap::Response, &[(":status", "200")]);
+    downstream.on_connect_request(&host, &mut worker);
+    downstream.on_connect_response(&host, &mut worker);
+    assert_eq!(host.get(HeaderMap::Request, "baggage"), None);
+    assert!(host.get(HeaderMap::Request, "forwarded").is_some());
+    assert_eq!(
+        host.get(HeaderMap::Response, "baggage").as_deref(),
+        Some("k8s.deployment.name=waypoint,service.name=waypoint,k8s.namespace.name=backend,k8s.cluster.name=cluster1")
+    );
+}
+
+#[test]
+fn a_failed_connect_gets_no_baggage() {
+    let downstream = Downstream::new(waypoint_config());
+    let mut worker = Worker::new(&waypoint_config().limits);
+    let host = FakeHost::default().with(HeaderMap::Response, &[(":status", "503")]);
+    downstream.on_connect_response(&host, &mut worker);
+    assert_eq!(host.get(HeaderMap::Response, "baggage"), None);
+}
+
+#[test]
+fn the_upstream_connect_carries_our_baggage() {
+    let upstream = Upstream::new(waypoint_config());
+    let mut worker = Worker::new(&waypoint_config().limits);
+    let host = FakeHost::default().num("connection.id", 3);
+    upstream.on_connect_request(&host, &mut worker);
+    assert!(host.get(HeaderMap::Request, "baggage").is_some_and(|b| b.starts_with("k8s.deployment.name=waypoint")));
+}
+
+#[test]
+fn both_peers_name_the_request_in_all_25_labels() {
+    let host = one_request(
+        waypoint_config(),
+        filter_state(CLIENT_SAN, CLIENT_BAGGAGE, ""),
+        SERVER_BAGGAGE,
+        &[(":path", "/"), ("baggage", "app=1")],
+    );
+    assert_eq!(host.get(HeaderMap::Request, "baggage").as_deref(), Some("app=1"), "application baggage untouched");
+    let (labels, count) = host.requests_total();
+    assert_eq!(count, 1);
+    let expected = [
+        ("reporter", "waypoint"),
+        ("source_workload", "curl"),
+        ("source_canonical_service", "curl"),
+        ("source_canonical_revision", "v1"),
+        ("source_workload_namespace", "frontend"),
+        ("source_principal", CLIENT_SAN),
+        ("source_app", "curl"),
+        ("source_version", "v1"),
+        ("source_cluster", "cluster1"),
+        ("destination_workload", "echo-v2"),
+        ("destination_workload_namespace", "backend"),
+        ("destination_principal", SERVER_SAN),
+        ("destination_app", "echo"),
+        ("destination_version", "v2"),
+        ("destination_service", "echo.backend.svc.cluster.local"),
+        ("destination_canonical_service", "echo"),
+        ("destination_canonical_revision", "v2"),
+        ("destination_service_name", "echo"),
+        ("destination_service_namespace", "backend"),
+        ("destination_cluster", "cluster2"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("grpc_response_status", ""),
+        ("response_flags", "-"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert_eq!(expected.len(), LABEL_NAMES.len());
+    for (name, value) in expected {
+        assert_eq!(labels.get(name).map(String::as_str), Some(value), "{name}");
+    }
+    let histograms: Vec<_> =
+        host.defined.borrow().iter().filter(|(k, _)| *k == MetricKind::Histogram).cloned().collect();
+    assert_eq!(histograms.len(), 3);
+    assert_eq!(host.values.borrow().get(&1).cloned(), Some(vec![3]), "duration in ms");
+    assert_eq!(host.values.borrow().get(&2).cloned(), Some(vec![120]));
+    assert_eq!(host.values.borrow().get(&3).cloned(), Some(vec![340]));
+}
+
+#[test]
+fn the_identity_namespace_beats_the_claimed_one() {
+    let lying = CLIENT_BAGGAGE.replace("k8s.namespace.name=frontend", "k8s.namespace.name=kube-system");
+    let host = one_request(waypoint_config(), filter_state(CLIENT_SAN, &lying, ""), SERVER_BAGGAGE, &[]);
+    assert_eq!(host.requests_total().0["source_workload_namespace"], "frontend");
+}
+
+#[test]
+fn a_sidecar_legacy_header_on_the_inner_request_is_consumed() {
+    let sidecar = waypoint_core::Peer {
+        workload_name: "productpage-v1".into(),
+        workload_type: waypoint_core::WorkloadType::Deployment,
+        namespace: "frontend".into(),
+        cluster: "cluster1".into(),
+        canonical_service: "productpage".into(),
+        canonical_revision: "v1".into(),
+        app: "productpage".into(),
+        version: "v1".into(),
+        ..Default::default()
+    };
+    let encoded = legacy::encode(&sidecar);
+    let host = one_request(
+        waypoint_config(),
+        filter_state(CLIENT_SAN, "", ""),
+        SERVER_BAGGAGE,
+        &[("x-envoy-peer-metadata", &encoded), ("x-envoy-peer-metadata-id", "sidecar~1.2.3.4~pp~frontend")],
+    );
+    assert_eq!(host.get(HeaderMap::Request, "x-envoy-peer-metadata"), None);
+    assert_eq!(host.get(HeaderMap::Request, "x-envoy-peer-metadata-id"), None);
+    let (labels, _) = host.requests_total();
+    assert_eq!(labels["source_workload"], "productpage-v1");
+    assert_eq!(labels["source_canonical_service"], "productpage");
+    assert_eq!(labels["source_principal"], CLIENT_SAN);
+}
+
+#[test]
+fn with_baggage_discovery_off_only_tls_identities_are_known() {
+    let off = config(r#"{"baggage_discovery": false}"#);
+    let host = one_request(off, filter_state(CLIENT_SAN, CLIENT_BAGGAGE, ""), SERVER_BAGGAGE, &[]);
+    let (labels, _) = host.requests_total();
+    assert_eq!(labels["source_workload"], "unknown");
+    assert_eq!(labels["source_workload_namespace"], "frontend", "from the SPIFFE identity");
+    assert_eq!(labels["destination_workload"], "unknown");
+    assert_eq!(labels["destination_cluster"], "unknown");
+    assert_eq!(labels["destination_principal"], SERVER_SAN);
+}
+
+#[test]
+fn garbled_baggage_reads_unknown_field_by_field_and_is_counted() {
+    let garbled = "k8s.cluster.name=clu;ster1,k8s.namespace.name=frontend,k8s.deployment.name=curl\u{1}";
+    let host = one_request(waypoint_config(), filter_state(CLIENT_SAN, garbled, ""), SERVER_BAGGAGE, &[]);
+    let (labels, _) = host.requests_total();
+    assert_eq!(labels["source_cluster"], "unknown");
+    assert_eq!(labels["source_workload"], "unknown");
+    assert_eq!(labels["source_workload_namespace"], "frontend");
+    assert_eq!(labels["source_canonical_revision"], "latest");
+    assert!(host.defined.borrow().iter().any(|(_, n)| n == "waypoint_errors_total;reason=value_rejected"));
+}
+
+#[test]
+fn a_grpc_status_in_trailers_is_labelled() {
+    let config = waypoint_config();
+    let mut worker = Worker::new(&config.limits);
+    let stats = Stats::new(config);
+    let host = FakeHost::default()
+        .with(HeaderMap::Request, &[("content-type", "application/grpc+proto")])
+        .with(HeaderMap::Response, &[(":status", "200"), ("content-type", "application/grpc")])
+        .with(HeaderMap::ResponseTrailers, &[("grpc-status", "7")]);
+    let mut state = RequestState::default();
+    stats.on_request_headers(&host, &mut worker, &mut state);
+    stats.on_response_headers(&host, &mut worker, &mut state);
+    stats.on_response_trailers(&host, &mut worker, &mut state);
+    stats.on_log(&host, &mut worker, &state);
+    let (labels, _) = host.requests_total();
+    assert_eq!(labels["request_protocol"], "grpc");
+    assert_eq!(labels["grpc_response_status"], "7");
+    assert_eq!(labels["source_workload"], "unknown");
+    assert_eq!(labels["destination_service"], "unknown");
+}
+
+#[test]
+fn failing_host_calls_degrade_to_unknown_and_are_counted() {
+    let config = waypoint_config();
+    let mut worker = Worker::new(&config.limits);
+    let stats = Stats::new(config);
+    let host = FakeHost::default().failing("headers").failing("property");
+    let mut state = RequestState::default();
+    stats.on_request_headers(&host, &mut worker, &mut state);
+    stats.on_response_headers(&host, &mut worker, &mut state);
+    stats.on_log(&host, &mut worker, &state);
+    let (labels, count) = host.requests_total();
+    assert_eq!(count, 1, "the request is still counted");
+    assert_eq!(labels["response_code"], "0");
+    assert!(host.defined.borrow().iter().any(|(_, n)| n == "waypoint_errors_total;reason=host_call"));
+}
+
+#[test]
+fn each_label_set_is_defined_once() {
+    let config = waypoint_config();
+    let mut worker = Worker::new(&config.limits);
+    let stats = Stats::new(config);
+    let host = FakeHost::default()
+        .with(HeaderMap::Response, &[(":status", "200")])
+        .prop("filter_state.wp.downstream_peer", &filter_state(CLIENT_SAN, CLIENT_BAGGAGE, ""));
+    for _ in 0..100 {
+        let mut state = RequestState::default();
+        stats.on_request_headers(&host, &mut worker, &mut state);
+        stats.on_response_headers(&host, &mut worker, &mut state);
+        stats.on_log(&host, &mut worker, &state);
+    }
+    assert_eq!(host.defined.borrow().len(), 4);
+    assert_eq!(host.requests_total().1, 100);
+}

@@ -1,0 +1,33 @@
+//! host-shim: a stand-in for Istio ztunnel's HBONE endpoints, speaking its wire
+//! format (PROTOCOL.md §1–2) so a real ztunnel, waypoint or east-west gateway
+//! can sit on the other end.
+//!
+//! - [`ca`]: the mesh CA and its file layout;
+//! - [`config`]: the mesh file (workloads, services, networks);
+//! - [`tls`]: mTLS with SPIFFE identities;
+//! - [`http2`]: HTTP/2 with ztunnel's settings and keepalive;
+//! - [`tunnel`]: a stream as bytes, and the splice;
+//! - [`pool`]: pooled outbound HBONE connections;
+//! - [`inbound`], [`outbound`], [`double_hbone`]: the two sides of a tunnel;
+//! - [`metrics`]: `istio_tcp_*` and refusal counters; [`admin`] serves them;
+//! - [`eastwest`]: renders the east-west gateway's Envoy configuration;
+//! - [`shim`]: one node's shim, started and drained as a unit;
+//! - [`tuning`]: every tuning value, with its reason; [`drain`]: graceful shutdown.
+
+pub mod admin;
+pub mod ca;
+pub mod config;
+pub mod double_hbone;
+pub mod drain;
+pub mod eastwest;
+pub mod http2;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod pool;
+pub mod shim;
+pub mod tls;
+pub mod tuning;
+pub mod tunnel;
+
+pub use shim::{Shim, ShimOptions};

@@ -1,0 +1,394 @@
+//! The outbound side (ztunnel's client): a plain TCP listener per configured
+//! destination stands in for iptables capture. Each app connection becomes one
+//! CONNECT stream on a pooled connection to the next hop — the destination's
+//! waypoint, the pod's ztunnel, or (double HBONE) the east-west gateway of the
+//! destination's network.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use http::{Method, Request, StatusCode};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::io::BufReader;
+use tokio::net::{TcpListener, TcpStream};
+use waypoint_core::{Peer, baggage};
+
+use crate::config::{Destination, Mesh, Service, Workload};
+use crate::double_hbone::{self, DoubleHboneError};
+use crate::drain;
+use crate::metrics::{Refusal, Reporter, ResponseFlags, TrafficLabels};
+use crate::pool::{PoolError, PoolKey, Slot};
+use crate::shim::Context;
+use crate::tunnel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error("no route: {0}")]
+    NoRoute(&'static str),
+    #[error("building the CONNECT request: {0}")]
+    Request(#[from] http::Error),
+    #[error("{0}")]
+    Pool(#[from] PoolError),
+    #[error("{0}")]
+    DoubleHbone(#[from] DoubleHboneError),
+    #[error("CONNECT answered {0}")]
+    Status(StatusCode),
+    #[error("tunnel: {0}")]
+    Splice(std::io::Error),
+}
+
+impl OutboundError {
+    fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Self::NoRoute(_) | Self::Request(_) => Some(Refusal::NoRoute),
+            Self::Pool(e) => Some(e.refusal()),
+            Self::DoubleHbone(e) => Some(e.refusal()),
+            Self::Status(_) => Some(Refusal::UpstreamStatus),
+            Self::Splice(_) => None,
+        }
+    }
+}
+
+/// One HBONE hop: where to connect, what to ask for, whom to accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub address: SocketAddr,
+    pub authority: String,
+    pub expected: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// One CONNECT to a waypoint or to the destination pod's ztunnel.
+    Direct(Hop),
+    /// Double HBONE: an outer CONNECT to the gateway, an inner one to the pod's ztunnel.
+    ViaGateway { gateway: Hop, inner: Hop },
+}
+
+#[derive(Debug)]
+pub struct Plan<'m> {
+    pub route: Route,
+    pub service: Option<&'m Service>,
+    /// What the configuration says about the destination: labels of a failed attempt.
+    pub expected_peer: Peer,
+}
+
+/// Picks the next hop as ztunnel would: a service's waypoint first, then an
+/// endpoint in the client's own network (round robin), then the east-west
+/// gateway of the network holding the endpoints.
+pub fn plan<'m>(
+    mesh: &'m Mesh,
+    source: &Workload,
+    destination: &Destination,
+    round_robin: &AtomicUsize,
+) -> Result<Plan<'m>, OutboundError> {
+    let hbone = |w: &Workload| SocketAddr::new(w.address, mesh.hbone_port);
+    match destination {
+        Destination::Workload(address) => {
+            let target = mesh.workload_at(address.ip()).ok_or(OutboundError::NoRoute("unknown workload"))?;
+            if target.network != source.network {
+                return Err(OutboundError::NoRoute("workloads of another network are reached through services only"));
+            }
+            let mut on_port = mesh.services_of(target).filter(|s| s.target_port == address.port());
+            let service = match (on_port.next(), on_port.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            };
+            let hop = Hop {
+                address: hbone(target),
+                authority: address.to_string(),
+                expected: vec![mesh.identity_of(target)],
+            };
+            Ok(Plan { route: Route::Direct(hop), service, expected_peer: mesh.peer_of(target) })
+        }
+        Destination::Service { hostname, port } => {
+            let service = mesh.service(hostname, *port).ok_or(OutboundError::NoRoute("unknown service"))?;
+            let by_name = format!("{hostname}:{port}");
+            if let Some(waypoint) = &service.waypoint {
+                let authority = service.vip.map_or(by_name, |vip| SocketAddr::new(vip, *port).to_string());
+                let hop = Hop { address: waypoint.address, authority, expected: vec![waypoint.identity.clone()] };
+                let expected_peer = Peer { principal: waypoint.identity.clone(), ..Peer::default() };
+                return Ok(Plan { route: Route::Direct(hop), service: Some(service), expected_peer });
+            }
+            let local: Vec<&Workload> = mesh.endpoints(service).filter(|w| w.network == source.network).collect();
+            if !local.is_empty() {
+                let pick = round_robin.fetch_add(1, Ordering::Relaxed) % local.len();
+                let endpoint = local.get(pick).ok_or(OutboundError::NoRoute("no endpoint"))?;
+                let hop = Hop {
+                    address: hbone(endpoint),
+                    authority: SocketAddr::new(endpoint.address, service.target_port).to_string(),
+                    expected: vec![mesh.identity_of(endpoint)],
+                };
+                return Ok(Plan {
+                    route: Route::Direct(hop),
+                    service: Some(service),
+                    expected_peer: mesh.peer_of(endpoint),
+                });
+            }
+            let remote = mesh.endpoints(service).next().ok_or(OutboundError::NoRoute("service has no endpoints"))?;
+            let gateway = mesh.gateway_of(&remote.network).ok_or(OutboundError::NoRoute("no east-west gateway"))?;
+            let mut identities: Vec<String> =
+                mesh.endpoints(service).filter(|w| w.network == remote.network).map(|w| mesh.identity_of(w)).collect();
+            identities.dedup();
+            let route = Route::ViaGateway {
+                gateway: Hop {
+                    address: gateway.address,
+                    authority: by_name.clone(),
+                    expected: vec![gateway.identity.clone()],
+                },
+                inner: Hop { address: gateway.address, authority: by_name, expected: identities },
+            };
+            Ok(Plan { route, service: Some(service), expected_peer: Peer::default() })
+        }
+    }
+}
+
+/// The headers of ztunnel's CONNECT, in its order.
+#[derive(Debug, Clone)]
+pub struct ConnectHeaders {
+    pub baggage: String,
+    pub forwarded: String,
+    pub traceparent: String,
+}
+
+impl ConnectHeaders {
+    pub fn new(source: &Peer, client: SocketAddr, service: Option<&Service>) -> Self {
+        let forwarded = match service {
+            Some(s) => format!("for=\"{client}\";host={}", s.hostname),
+            None => format!("for=\"{client}\""),
+        };
+        Self { baggage: baggage::encode_ztunnel(source), forwarded, traceparent: traceparent() }
+    }
+
+    /// The CONNECT; `origin_network` only on the inner CONNECT of double HBONE.
+    pub fn request(&self, authority: &str, origin_network: Option<&str>) -> Result<Request<()>, http::Error> {
+        let mut builder = Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority)
+            .header("baggage", &self.baggage)
+            .header("forwarded", &self.forwarded)
+            .header("traceparent", &self.traceparent);
+        if let Some(network) = origin_network {
+            builder = builder.header("x-forwarded-network", network);
+        }
+        builder.body(())
+    }
+}
+
+/// A W3C trace context with random ids and no sampling flag, as ztunnel sends.
+fn traceparent() -> String {
+    let mut bytes = [0u8; 24];
+    // The system RNG does not fail on Linux; zero ids would still be well-formed.
+    let _ = SystemRandom::new().fill(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let (trace, span) = hex.split_at(32);
+    format!("00-{trace}-{span}-00")
+}
+
+/// An accepted CONNECT: the response, our sending half, the peer's identity.
+pub struct Tunnel {
+    pub response: http::Response<RecvStream>,
+    pub send: SendStream<Bytes>,
+    pub peer_identity: String,
+    /// The pooled connection's slot, held for the life of the tunnel.
+    pub slot: Option<Slot>,
+}
+
+/// Accepts app connections for one destination until the drain starts.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    source: Workload,
+    destination: Destination,
+    ctx: Arc<Context>,
+    drain: drain::Watcher,
+) {
+    let listener_state = Arc::new(Listener { source, destination, round_robin: AtomicUsize::new(0), ctx });
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((app, client)) => {
+                    tokio::spawn(listener_state.clone().handle(app, client, drain.clone()));
+                }
+                Err(e) => tracing::warn!(error = %e, "outbound accept failed"),
+            },
+            () = drain.draining() => break,
+        }
+    }
+}
+
+struct Listener {
+    source: Workload,
+    destination: Destination,
+    round_robin: AtomicUsize,
+    ctx: Arc<Context>,
+}
+
+impl Listener {
+    async fn handle(self: Arc<Self>, app: TcpStream, client: SocketAddr, _drain: drain::Watcher) {
+        let started = Instant::now();
+        let _ = app.set_nodelay(true);
+        let mesh = &self.ctx.mesh;
+        let source = mesh.peer_of(&self.source);
+        let planned = plan(mesh, &self.source, &self.destination, &self.round_robin);
+        let service = planned.as_ref().ok().and_then(|p| p.service);
+        let route = planned.as_ref().ok().map(|p| p.route.clone());
+        let headers = ConnectHeaders::new(&source, client, service);
+        let (destination, outcome) = match planned {
+            Ok(plan) => match self.establish(&plan.route, &headers).await {
+                Ok(tunnel) => self.carry(app, tunnel, &source, service).await,
+                Err(e) => (self.count_failure(&e, &source, &plan.expected_peer, service), Err(e)),
+            },
+            Err(e) => (self.count_failure(&e, &source, &Peer::default(), None), Err(e)),
+        };
+        let moved = outcome.as_ref().copied().unwrap_or_default();
+        tracing::info!(
+            direction = "outbound",
+            src.addr = %client,
+            src.workload = %self.source.name,
+            dst.service = service.map(|s| s.hostname.as_str()),
+            dst.workload = %destination.workload_name,
+            dst.identity = %destination.principal,
+            route = ?route,
+            traceparent = %headers.traceparent,
+            sent = moved.sent,
+            received = moved.received,
+            duration_ms = started.elapsed().as_millis() as u64,
+            error = outcome.as_ref().err().map(tracing::field::display),
+            "connection complete"
+        );
+    }
+
+    /// Opens the tunnel; anything but a 200 is a failure.
+    async fn establish(&self, route: &Route, headers: &ConnectHeaders) -> Result<Tunnel, OutboundError> {
+        let tunnel = self.open(route, headers).await?;
+        match tunnel.response.status() {
+            StatusCode::OK => Ok(tunnel),
+            status => Err(OutboundError::Status(status)),
+        }
+    }
+
+    /// Splices the app connection with an accepted tunnel, labelled by the response baggage.
+    async fn carry(
+        &self,
+        app: TcpStream,
+        tunnel: Tunnel,
+        source: &Peer,
+        service: Option<&Service>,
+    ) -> (Peer, Result<tunnel::Moved, OutboundError>) {
+        let destination = response_peer(&tunnel, &self.ctx.limits);
+        let record = self.ctx.metrics.open(TrafficLabels::new(Reporter::Source, source, &destination, service));
+        let splice_buffer = self.ctx.tuning.splice_buffer;
+        // The pool slot stays taken until the splice ends.
+        let Tunnel { response, send, slot: _slot, .. } = tunnel;
+        let (reader, writer) = app.into_split();
+        let app_side = (BufReader::with_capacity(splice_buffer, reader), writer);
+        let tunnel_side = tunnel::h2_stream(send, response.into_body(), splice_buffer);
+        let moved = tunnel::splice(app_side, tunnel_side, &record.sent, &record.received).await;
+        record.close(ResponseFlags::None);
+        (destination, moved.map_err(OutboundError::Splice))
+    }
+
+    /// Counts a refused or failed attempt, labelled with what the mesh file expected.
+    fn count_failure(&self, e: &OutboundError, source: &Peer, expected: &Peer, service: Option<&Service>) -> Peer {
+        if let Some(refusal) = e.refusal() {
+            self.ctx.metrics.refuse(Reporter::Source, refusal);
+            let labels = TrafficLabels::new(Reporter::Source, source, expected, service);
+            self.ctx.metrics.open(labels).close(refusal.flags());
+        }
+        expected.clone()
+    }
+
+    async fn open(&self, route: &Route, headers: &ConnectHeaders) -> Result<Tunnel, OutboundError> {
+        let key = |hop: &Hop| PoolKey {
+            source: self.ctx.mesh.identity_of(&self.source),
+            source_address: self.source.address,
+            destination: hop.address,
+            expected: hop.expected.clone(),
+        };
+        match route {
+            Route::Direct(hop) => {
+                let stream = self.ctx.pool.send(&key(hop), headers.request(&hop.authority, None)?).await?;
+                Ok(Tunnel {
+                    response: stream.response,
+                    send: stream.send,
+                    peer_identity: stream.peer_identity,
+                    slot: Some(stream.slot),
+                })
+            }
+            Route::ViaGateway { gateway, inner } => {
+                let outer = headers.request(&gateway.authority, None)?;
+                let inner_request = headers.request(&inner.authority, Some(&self.source.network))?;
+                Ok(double_hbone::open(&self.ctx, &key(gateway), outer, &inner.expected, inner_request).await?)
+            }
+        }
+    }
+}
+
+/// The destination as its response `baggage` and TLS identity describe it.
+fn response_peer(tunnel: &Tunnel, limits: &waypoint_core::Limits) -> Peer {
+    let raw = tunnel.response.headers().get("baggage").map(|v| v.as_bytes()).unwrap_or_default();
+    let mut peer = baggage::decode(raw, limits).map(|d| d.peer).unwrap_or_default();
+    tunnel.peer_identity.clone_into(&mut peer.principal);
+    peer
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn mesh() -> Mesh {
+        Mesh::parse(include_str!("../mesh.example.json")).unwrap()
+    }
+
+    fn service(host: &str) -> Destination {
+        Destination::Service { hostname: host.to_owned(), port: 9080 }
+    }
+
+    #[test]
+    fn a_service_with_a_waypoint_is_sent_to_the_waypoint_by_vip() {
+        let mesh = mesh();
+        let curl = mesh.workload("curl").unwrap();
+        let plan = plan(&mesh, curl, &service("reviews.bookinfo.svc.cluster.local"), &AtomicUsize::new(0)).unwrap();
+        let Route::Direct(hop) = plan.route else { panic!("expected a direct route") };
+        assert_eq!(hop.address, "127.10.1.100:15008".parse().unwrap());
+        assert_eq!(hop.authority, "10.96.0.20:9080");
+        assert_eq!(hop.expected, ["spiffe://cluster.local/ns/bookinfo/sa/waypoint"]);
+    }
+
+    #[test]
+    fn a_service_in_another_network_goes_through_its_gateway_by_hostname() {
+        let mesh = mesh();
+        let curl = mesh.workload("curl").unwrap();
+        let plan = plan(&mesh, curl, &service("ratings.bookinfo.svc.cluster.local"), &AtomicUsize::new(0)).unwrap();
+        let Route::ViaGateway { gateway, inner } = plan.route else { panic!("expected double HBONE") };
+        assert_eq!(gateway.address, "127.10.2.100:15008".parse().unwrap());
+        assert_eq!(gateway.authority, "ratings.bookinfo.svc.cluster.local:9080");
+        assert_eq!(gateway.expected, ["spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway"]);
+        assert_eq!(inner.authority, gateway.authority);
+        assert_eq!(inner.expected, ["spiffe://cluster.local/ns/bookinfo/sa/bookinfo-ratings"]);
+    }
+
+    #[test]
+    fn headers_are_sent_in_ztunnel_order() {
+        let mesh = mesh();
+        let curl = mesh.peer_of(mesh.workload("curl").unwrap());
+        let svc = mesh.service("ratings.bookinfo.svc.cluster.local", 9080);
+        let headers = ConnectHeaders::new(&curl, "127.10.1.1:40000".parse().unwrap(), svc);
+        let request = headers.request("ratings.bookinfo.svc.cluster.local:9080", Some("network-a")).unwrap();
+        let names: Vec<&str> = request.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["baggage", "forwarded", "traceparent", "x-forwarded-network"]);
+        assert_eq!(
+            headers.baggage,
+            "k8s.cluster.name=cluster-a,k8s.namespace.name=default,k8s.deployment.name=curl,\
+             service.name=curl,service.version=v1,cloud.region=region-a,cloud.availability_zone=zone-a1"
+        );
+        assert_eq!(headers.forwarded, r#"for="127.10.1.1:40000";host=ratings.bookinfo.svc.cluster.local"#);
+        let parts: Vec<&str> = headers.traceparent.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [2, 32, 16, 2]);
+    }
+}

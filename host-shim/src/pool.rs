@@ -1,0 +1,279 @@
+//! The outbound connection pool: mTLS + HTTP/2 connections to HBONE peers,
+//! shared by up to `pool_max_streams_per_connection` CONNECT streams each, per
+//! (source identity, destination, expected identities) — ztunnel's WorkloadKey.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::drain;
+use crate::http2;
+use crate::metrics::{Metrics, Refusal};
+use crate::tls::{self, Credentials, HandshakeFailure, TlsError};
+use crate::tuning::Tuning;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("TCP connect to {0} failed: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("TLS handshake with {0} failed: {1}")]
+    Handshake(SocketAddr, std::io::Error),
+    #[error("HTTP/2 with {0} failed: {1}")]
+    Http2(SocketAddr, h2::Error),
+    #[error("no client credentials: {0}")]
+    Credentials(#[from] TlsError),
+}
+
+impl PoolError {
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            Self::Connect(..) | Self::Credentials(_) => Refusal::UpstreamUnreachable,
+            Self::Handshake(_, e) => Refusal::Handshake(HandshakeFailure::classify(e)),
+            Self::Http2(..) => Refusal::UpstreamHttp2,
+        }
+    }
+}
+
+/// Which connections may carry a stream: ztunnel's WorkloadKey.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The client workload's identity, presented as our certificate.
+    pub source: String,
+    /// The client workload's address, bound as the connection's source (its pod IP).
+    pub source_address: IpAddr,
+    /// The HBONE endpoint: a pod's ztunnel, a waypoint or an east-west gateway.
+    pub destination: SocketAddr,
+    /// The identities the destination may present.
+    pub expected: Vec<String>,
+}
+
+/// An established CONNECT: the response, our sending half, and the pool slot
+/// it occupies until dropped.
+pub struct Stream {
+    pub response: http::Response<RecvStream>,
+    pub send: SendStream<Bytes>,
+    pub peer_identity: String,
+    pub slot: Slot,
+}
+
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+type Entry = Arc<tokio::sync::Mutex<Vec<Arc<Connection>>>>;
+
+struct PoolInner {
+    credentials: Arc<Credentials>,
+    metrics: Arc<Metrics>,
+    tuning: Tuning,
+    drain: drain::Watcher,
+    entries: Mutex<HashMap<PoolKey, Entry>>,
+    next_id: AtomicU64,
+}
+
+struct Connection {
+    id: u64,
+    sender: SendRequest<Bytes>,
+    peer_identity: String,
+    max_streams: usize,
+    active: AtomicUsize,
+    idle_since: Mutex<Instant>,
+    closed: AtomicBool,
+}
+
+impl Connection {
+    fn try_reserve(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+            && self
+                .active
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_streams).then_some(n + 1))
+                .is_ok()
+    }
+
+    /// When this connection, idle now, becomes idle for too long.
+    fn idle_deadline(&self, timeout: std::time::Duration) -> Option<Instant> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        self.idle_since.lock().ok().map(|since| *since + timeout)
+    }
+}
+
+/// One stream's place on a pooled connection; freed on drop.
+pub struct Slot(Arc<Connection>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Ok(mut since) = self.0.idle_since.lock()
+        {
+            *since = Instant::now();
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(credentials: Arc<Credentials>, metrics: Arc<Metrics>, tuning: Tuning, drain: drain::Watcher) -> Self {
+        let inner =
+            PoolInner { credentials, metrics, tuning, drain, entries: Mutex::default(), next_id: AtomicU64::new(0) };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Sends a CONNECT on a pooled connection to `key.destination`, opening one if
+    /// every connection is at its stream limit. Returns once the response headers arrived.
+    pub async fn send(&self, key: &PoolKey, request: http::Request<()>) -> Result<Stream, PoolError> {
+        let slot = self.checkout(key).await?;
+        let connection = slot.0.clone();
+        let fail = |e: h2::Error| {
+            if e.is_go_away() || e.is_io() {
+                connection.closed.store(true, Ordering::Release);
+            }
+            PoolError::Http2(key.destination, e)
+        };
+        let mut sender = connection.sender.clone().ready().await.map_err(fail)?;
+        let (response, send) = sender.send_request(request, false).map_err(fail)?;
+        let response = response.await.map_err(fail)?;
+        self.inner.metrics.pool_streams_opened.inc();
+        Ok(Stream { response, send, peer_identity: connection.peer_identity.clone(), slot })
+    }
+
+    async fn checkout(&self, key: &PoolKey) -> Result<Slot, PoolError> {
+        let entry = match self.inner.entries.lock() {
+            Ok(mut entries) => entries.entry(key.clone()).or_default().clone(),
+            // A poisoned map: carry on unpooled rather than fail the connection.
+            Err(_) => Entry::default(),
+        };
+        // Holding the key's lock while connecting makes concurrent callers wait for
+        // the new connection instead of each opening their own.
+        let mut connections = entry.lock().await;
+        connections.retain(|c| !c.closed.load(Ordering::Acquire));
+        if let Some(connection) = connections.iter().find(|c| c.try_reserve()) {
+            return Ok(Slot(connection.clone()));
+        }
+        let connection = self.connect(key).await?;
+        connections.push(connection.clone());
+        if connection.try_reserve() {
+            Ok(Slot(connection))
+        } else {
+            Err(PoolError::Http2(key.destination, h2::Reason::REFUSED_STREAM.into()))
+        }
+    }
+
+    async fn connect(&self, key: &PoolKey) -> Result<Arc<Connection>, PoolError> {
+        let tuning = &self.inner.tuning;
+        let tcp = connect_from(key.source_address, key.destination, tuning).await?;
+        let config = self.inner.credentials.client_config(&key.source, &key.expected)?;
+        let tls = tls_connect(config, tcp, tuning).await.map_err(|e| PoolError::Handshake(key.destination, e))?;
+        let peer_identity = tls::peer_identity(tls.get_ref().1).unwrap_or_default();
+        let (sender, connection) =
+            http2::client_handshake(tls, tuning).await.map_err(|e| PoolError::Http2(key.destination, e))?;
+        let max_streams = tuning.pool_max_streams_per_connection.min(connection.max_concurrent_send_streams()).max(1);
+        let pooled = Arc::new(Connection {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            sender,
+            peer_identity,
+            max_streams,
+            active: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            closed: AtomicBool::new(false),
+        });
+        self.inner.metrics.pool_connections.inc();
+        self.inner.metrics.pool_connections_opened.inc();
+        tracing::debug!(destination = %key.destination, id = pooled.id, "pooled HBONE connection opened");
+        tokio::spawn(drive(connection, Arc::downgrade(&pooled), key.clone(), self.clone()));
+        Ok(pooled)
+    }
+
+    /// Stops handing out a connection; it closes once its last stream ends.
+    async fn release(&self, key: &PoolKey, id: u64) {
+        let entry = match self.inner.entries.lock() {
+            Ok(entries) => entries.get(key).cloned(),
+            Err(_) => None,
+        };
+        if let Some(entry) = entry {
+            entry.lock().await.retain(|c| c.id != id);
+        }
+    }
+}
+
+/// Polls a pooled connection until it ends; releases it from the pool when
+/// idle too long, on drain, or when its keepalive fails.
+async fn drive<T>(mut connection: h2::client::Connection<T, Bytes>, pooled: Weak<Connection>, key: PoolKey, pool: Pool)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let tuning = pool.inner.tuning;
+    let drain = pool.inner.drain.clone();
+    let keepalive = http2::keepalive(connection.ping_pong(), tuning);
+    tokio::pin!(keepalive);
+    let id = pooled.upgrade().map(|c| c.id).unwrap_or_default();
+    let mut released = false;
+    loop {
+        let idle_deadline = pooled.upgrade().and_then(|c| c.idle_deadline(tuning.pool_idle_timeout));
+        let wake = idle_deadline.unwrap_or_else(|| Instant::now() + tuning.pool_idle_timeout);
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(e) = result {
+                    tracing::debug!(destination = %key.destination, error = %e, "pooled HBONE connection failed");
+                }
+                break;
+            }
+            () = &mut keepalive => break,
+            () = drain.draining(), if !released => {
+                released = true;
+                pool.release(&key, id).await;
+            }
+            () = tokio::time::sleep_until(wake.into()), if !released => {
+                if idle_deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+                    tracing::debug!(destination = %key.destination, id, "idle pooled HBONE connection dropped");
+                    released = true;
+                    pool.release(&key, id).await;
+                }
+            }
+        }
+    }
+    if let Some(c) = pooled.upgrade() {
+        c.closed.store(true, Ordering::Release);
+    }
+    pool.release(&key, id).await;
+    pool.inner.metrics.pool_connections.dec();
+}
+
+/// A TCP connection from `source` (the client's pod IP) with the connect timeout.
+pub async fn connect_from(source: IpAddr, destination: SocketAddr, tuning: &Tuning) -> Result<TcpStream, PoolError> {
+    let fail = |e| PoolError::Connect(destination, e);
+    let socket = if destination.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(fail)?;
+    if source.is_ipv4() == destination.is_ipv4() {
+        socket.bind(SocketAddr::new(source, 0)).map_err(fail)?;
+    }
+    let stream = tokio::time::timeout(tuning.connect_timeout, socket.connect(destination))
+        .await
+        .map_err(|_| fail(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(fail)?;
+    stream.set_nodelay(true).map_err(fail)?;
+    Ok(stream)
+}
+
+/// The client side of an HBONE TLS handshake, with the handshake timeout.
+pub async fn tls_connect<T>(
+    config: Arc<rustls::ClientConfig>,
+    io: T,
+    tuning: &Tuning,
+) -> std::io::Result<tokio_rustls::client::TlsStream<T>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let connector = tokio_rustls::TlsConnector::from(config);
+    tokio::time::timeout(tuning.handshake_timeout, connector.connect(tls::unused_server_name(), io))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
