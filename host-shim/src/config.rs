@@ -90,6 +90,10 @@ pub struct Workload {
     /// Plain TCP listeners standing in for iptables capture: the app connects here.
     #[serde(default)]
     pub outbound: Vec<OutboundListener>,
+    /// A pre-1.29 sidecar originates this workload's HBONE: its CONNECTs carry no
+    /// `baggage`; its peer metadata travels in-band as `x-envoy-peer-metadata`.
+    #[serde(default)]
+    pub sidecar: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,7 +299,7 @@ mod tests {
     fn the_example_mesh_file_is_valid() {
         let text = include_str!("../mesh.example.json");
         let mesh = Mesh::parse(text).unwrap();
-        assert_eq!(mesh.workloads_on_node("node-b").count(), 2);
+        assert_eq!(mesh.workloads_on_node("node-b").count(), 3);
         assert!(mesh.gateway_of("network-b").is_some());
     }
 

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::ca::{CaError, CertDir};
 use crate::config::{Mesh, Service};
+use crate::template::{self, quoted};
 
 /// The template, built in so the binary and the tests render the same file.
 pub const TEMPLATE: &str = include_str!("../../envoy-configs/eastwest.yaml.in");
@@ -19,8 +20,8 @@ pub enum EastWestError {
     NoGateway(String),
     #[error("gateway identity: {0}")]
     Identity(#[from] CaError),
-    #[error("the template still holds placeholder {0} after rendering")]
-    Leftover(String),
+    #[error(transparent)]
+    Template(#[from] crate::template::Leftover),
 }
 
 pub struct EastWest<'a> {
@@ -34,7 +35,6 @@ pub struct EastWest<'a> {
 pub fn render(template: &str, params: &EastWest<'_>) -> Result<String, EastWestError> {
     let mesh = params.mesh;
     let gateway = mesh.gateway_of(params.network).ok_or_else(|| EastWestError::NoGateway(params.network.to_owned()))?;
-    let quoted = |s: &str| Value::from(s).to_string();
     let path = |p: &Path| quoted(&p.display().to_string());
     let services: Vec<&Service> =
         mesh.services.iter().filter(|s| mesh.endpoints(s).any(|w| w.network == params.network)).collect();
@@ -53,14 +53,7 @@ pub fn render(template: &str, params: &EastWest<'_>) -> Result<String, EastWestE
         ("@VIRTUAL_HOSTS@", Value::from(virtual_hosts).to_string()),
         ("@CLUSTERS@", Value::from(clusters).to_string()),
     ];
-    let mut out = template.to_owned();
-    for (placeholder, value) in replacements {
-        out = out.replace(placeholder, &value);
-    }
-    if let Some(leftover) = leftover_placeholder(&out) {
-        return Err(EastWestError::Leftover(leftover));
-    }
-    Ok(out)
+    Ok(template::fill(template, &replacements)?)
 }
 
 fn cluster_name(s: &Service) -> String {
@@ -99,17 +92,6 @@ fn cluster(mesh: &Mesh, s: &Service, network: &str) -> Value {
     })
 }
 
-/// A `@NAME@` left in the output (upper case, digits and `_`), outside comments.
-fn leftover_placeholder(text: &str) -> Option<String> {
-    text.lines().filter(|l| !l.trim_start().starts_with('#')).find_map(|line| {
-        line.split('@').skip(1).step_by(2).find_map(|candidate| {
-            let is_name = !candidate.is_empty()
-                && candidate.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-            is_name.then(|| format!("@{candidate}@"))
-        })
-    })
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -131,11 +113,5 @@ mod tests {
         assert!(yaml.contains(r#""address":"127.10.2.2","port_value":15008"#));
         assert!(yaml.contains(r#"filename: "/certs/istio-system.istio-eastwestgateway.cert.pem""#));
         assert!(!yaml.contains("reviews"), "a service without pods in network-b has no route");
-    }
-
-    #[test]
-    fn an_unknown_placeholder_is_an_error() {
-        assert_eq!(leftover_placeholder("a: @NOPE@\n# @DOC@"), Some("@NOPE@".to_owned()));
-        assert_eq!(leftover_placeholder(r#""@type": x"#), None);
     }
 }

@@ -10,7 +10,8 @@
 //! - [`pool`]: pooled outbound HBONE connections;
 //! - [`inbound`], [`outbound`], [`double_hbone`]: the two sides of a tunnel;
 //! - [`metrics`]: `istio_tcp_*` and refusal counters; [`admin`] serves them;
-//! - [`eastwest`]: renders the east-west gateway's Envoy configuration;
+//! - [`eastwest`], [`waypoint`]: render the east-west gateway's and the waypoint's
+//!   Envoy configurations from the mesh file ([`template`] fills the placeholders);
 //! - [`shim`]: one node's shim, started and drained as a unit;
 //! - [`tuning`]: every tuning value, with its reason; [`drain`]: graceful shutdown.
 
@@ -26,8 +27,10 @@ pub mod metrics;
 pub mod outbound;
 pub mod pool;
 pub mod shim;
+pub mod template;
 pub mod tls;
 pub mod tuning;
 pub mod tunnel;
+pub mod waypoint;
 
 pub use shim::{Shim, ShimOptions};

@@ -11,6 +11,7 @@ use host_shim::ca::{self, CertDir};
 use host_shim::config::Mesh;
 use host_shim::eastwest::{self, EastWest};
 use host_shim::tuning::Tuning;
+use host_shim::waypoint::{self, Waypoint};
 use host_shim::{Shim, ShimOptions};
 
 #[derive(Parser)]
@@ -65,6 +66,33 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Render a waypoint's Envoy config (with the wasm filters) from the mesh file.
+    WaypointConfig {
+        #[arg(long, value_name = "FILE")]
+        mesh: PathBuf,
+        /// The waypoint's workload name in the mesh file.
+        #[arg(long)]
+        workload: String,
+        #[arg(long, value_name = "DIR")]
+        certs: PathBuf,
+        /// The waypoint module (dist/waypoint.wasm).
+        #[arg(long, value_name = "FILE")]
+        wasm: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+        /// Access log of the inner requests.
+        #[arg(long, value_name = "FILE")]
+        access_log: PathBuf,
+        /// Istio's AMBIENT_ENABLE_BAGGAGE: peers from HBONE baggage (true) or TLS identities only.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        baggage_discovery: bool,
+        /// Template to render instead of the built-in envoy-configs/waypoint.yaml.in.
+        #[arg(long, value_name = "FILE")]
+        template: Option<PathBuf>,
+        /// Output file (default: stdout).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,17 +118,51 @@ fn main() -> anyhow::Result<()> {
         }
         Command::EastwestConfig { mesh, network, certs, admin, access_log, template, out } => {
             let mesh = Mesh::load(&mesh)?;
-            let template = match template {
-                Some(path) => std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-                None => eastwest::TEMPLATE.to_owned(),
-            };
+            let template = read_template(template, eastwest::TEMPLATE)?;
             let certs = CertDir(certs);
             let params = EastWest { mesh: &mesh, network: &network, certs: &certs, admin, access_log: &access_log };
-            let yaml = eastwest::render(&template, &params)?;
-            match out {
-                Some(path) => std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?,
-                None => print!("{yaml}"),
-            }
+            write_output(out, &eastwest::render(&template, &params)?)
+        }
+        Command::WaypointConfig {
+            mesh,
+            workload,
+            certs,
+            wasm,
+            admin,
+            access_log,
+            baggage_discovery,
+            template,
+            out,
+        } => {
+            let mesh = Mesh::load(&mesh)?;
+            let template = read_template(template, waypoint::TEMPLATE)?;
+            let certs = CertDir(certs);
+            let params = Waypoint {
+                mesh: &mesh,
+                workload: &workload,
+                certs: &certs,
+                wasm: &wasm,
+                admin,
+                access_log: &access_log,
+                baggage_discovery,
+            };
+            write_output(out, &waypoint::render(&template, &params)?)
+        }
+    }
+}
+
+fn read_template(path: Option<PathBuf>, built_in: &str) -> anyhow::Result<String> {
+    match path {
+        Some(path) => std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display())),
+        None => Ok(built_in.to_owned()),
+    }
+}
+
+fn write_output(out: Option<PathBuf>, text: &str) -> anyhow::Result<()> {
+    match out {
+        Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {}", path.display())),
+        None => {
+            print!("{text}");
             Ok(())
         }
     }

@@ -150,28 +150,29 @@ pub fn plan<'m>(
 /// The headers of ztunnel's CONNECT, in its order.
 #[derive(Debug, Clone)]
 pub struct ConnectHeaders {
-    pub baggage: String,
+    /// `None` for a sidecar, which sends no baggage.
+    pub baggage: Option<String>,
     pub forwarded: String,
     pub traceparent: String,
 }
 
 impl ConnectHeaders {
-    pub fn new(source: &Peer, client: SocketAddr, service: Option<&Service>) -> Self {
+    pub fn new(source: &Peer, sidecar: bool, client: SocketAddr, service: Option<&Service>) -> Self {
         let forwarded = match service {
             Some(s) => format!("for=\"{client}\";host={}", s.hostname),
             None => format!("for=\"{client}\""),
         };
-        Self { baggage: baggage::encode_ztunnel(source), forwarded, traceparent: traceparent() }
+        let baggage = (!sidecar).then(|| baggage::encode_ztunnel(source));
+        Self { baggage, forwarded, traceparent: traceparent() }
     }
 
     /// The CONNECT; `origin_network` only on the inner CONNECT of double HBONE.
     pub fn request(&self, authority: &str, origin_network: Option<&str>) -> Result<Request<()>, http::Error> {
-        let mut builder = Request::builder()
-            .method(Method::CONNECT)
-            .uri(authority)
-            .header("baggage", &self.baggage)
-            .header("forwarded", &self.forwarded)
-            .header("traceparent", &self.traceparent);
+        let mut builder = Request::builder().method(Method::CONNECT).uri(authority);
+        if let Some(baggage) = &self.baggage {
+            builder = builder.header("baggage", baggage);
+        }
+        builder = builder.header("forwarded", &self.forwarded).header("traceparent", &self.traceparent);
         if let Some(network) = origin_network {
             builder = builder.header("x-forwarded-network", network);
         }
@@ -236,7 +237,7 @@ impl Listener {
         let planned = plan(mesh, &self.source, &self.destination, &self.round_robin);
         let service = planned.as_ref().ok().and_then(|p| p.service);
         let route = planned.as_ref().ok().map(|p| p.route.clone());
-        let headers = ConnectHeaders::new(&source, client, service);
+        let headers = ConnectHeaders::new(&source, self.source.sidecar, client, service);
         let (destination, outcome) = match planned {
             Ok(plan) => match self.establish(&plan.route, &headers).await {
                 Ok(tunnel) => self.carry(app, tunnel, &source, service).await,
@@ -378,17 +379,29 @@ mod tests {
         let mesh = mesh();
         let curl = mesh.peer_of(mesh.workload("curl").unwrap());
         let svc = mesh.service("ratings.bookinfo.svc.cluster.local", 9080);
-        let headers = ConnectHeaders::new(&curl, "127.10.1.1:40000".parse().unwrap(), svc);
+        let headers = ConnectHeaders::new(&curl, false, "127.10.1.1:40000".parse().unwrap(), svc);
         let request = headers.request("ratings.bookinfo.svc.cluster.local:9080", Some("network-a")).unwrap();
         let names: Vec<&str> = request.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["baggage", "forwarded", "traceparent", "x-forwarded-network"]);
         assert_eq!(
-            headers.baggage,
-            "k8s.cluster.name=cluster-a,k8s.namespace.name=default,k8s.deployment.name=curl,\
-             service.name=curl,service.version=v1,cloud.region=region-a,cloud.availability_zone=zone-a1"
+            headers.baggage.as_deref(),
+            Some(
+                "k8s.cluster.name=cluster-a,k8s.namespace.name=default,k8s.deployment.name=curl,\
+                 service.name=curl,service.version=v1,cloud.region=region-a,cloud.availability_zone=zone-a1"
+            )
         );
         assert_eq!(headers.forwarded, r#"for="127.10.1.1:40000";host=ratings.bookinfo.svc.cluster.local"#);
         let parts: Vec<&str> = headers.traceparent.split('-').collect();
         assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [2, 32, 16, 2]);
+    }
+
+    #[test]
+    fn a_sidecar_sends_no_baggage() {
+        let mesh = mesh();
+        let curl = mesh.peer_of(mesh.workload("curl").unwrap());
+        let headers = ConnectHeaders::new(&curl, true, "127.10.1.1:40000".parse().unwrap(), None);
+        let request = headers.request("10.96.0.20:9080", None).unwrap();
+        let names: Vec<&str> = request.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["forwarded", "traceparent"]);
     }
 }

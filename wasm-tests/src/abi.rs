@@ -187,10 +187,7 @@ pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 /// `key \0 value \0`. All integers are little endian. Empty input gives 4 zero bytes
 /// (the host itself returns a null pointer for an empty map instead, see `hostcalls`).
 pub fn serialize_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
-    let data: usize = pairs
-        .iter()
-        .map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 2)
-        .sum();
+    let data: usize = pairs.iter().map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 2).sum();
     let mut out = Vec::with_capacity(4 + pairs.len() * 8 + data);
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (k, v) in pairs {

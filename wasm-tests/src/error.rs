@@ -18,12 +18,7 @@ pub enum Error {
     /// The module trapped (a Rust panic is a trap) inside `callback`. The VM is now dead.
     /// `panic` holds the panic text the module printed or logged just before, if any.
     #[error("module trapped in {callback} (context {context_id}): {panic:?}; trap: {trap}")]
-    Trap {
-        callback: String,
-        context_id: u32,
-        panic: Option<String>,
-        trap: String,
-    },
+    Trap { callback: String, context_id: u32, panic: Option<String>, trap: String },
     /// A previous trap killed the VM; like Envoy, it runs nothing more.
     #[error("VM is dead after an earlier failure: {0}")]
     VmDead(String),
@@ -32,18 +27,10 @@ pub enum Error {
     UnknownContext(u32),
     /// The context exists but is of the wrong kind for this call (e.g. HTTP call on a root).
     #[error("context {id} is a {actual} context, expected {expected}")]
-    WrongContextKind {
-        id: u32,
-        expected: &'static str,
-        actual: &'static str,
-    },
+    WrongContextKind { id: u32, expected: &'static str, actual: &'static str },
     /// `proxy_on_vm_start` or `proxy_on_configure` returned false.
     #[error("{callback} returned false for root context {context_id} (root_id {root_id:?})")]
-    Rejected {
-        callback: &'static str,
-        context_id: u32,
-        root_id: String,
-    },
+    Rejected { callback: &'static str, context_id: u32, root_id: String },
     /// Reading the wasm file failed.
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),

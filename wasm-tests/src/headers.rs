@@ -21,9 +21,7 @@ impl HeaderMap {
     }
 
     /// Builds a map from pairs, adding each one in order (so repeated names are kept).
-    pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(
-        pairs: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
+    pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
         let mut map = Self::new();
         for (k, v) in pairs {
             map.add(k.as_ref(), v.as_ref());
@@ -58,26 +56,18 @@ impl HeaderMap {
     /// The first value of `key` (case-insensitive), which is what `proxy_get_header_map_value` returns.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Option<&[u8]> {
         let key = lower(key.as_ref());
-        self.entries
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.as_slice())
+        self.entries.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_slice())
     }
 
     /// The first value of `key` as UTF-8 (lossy), for convenient assertions.
     pub fn get_str(&self, key: impl AsRef<[u8]>) -> Option<String> {
-        self.get(key)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
+        self.get(key).map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
     /// All values of `key`, in order.
     pub fn get_all(&self, key: impl AsRef<[u8]>) -> Vec<&[u8]> {
         let key = lower(key.as_ref());
-        self.entries
-            .iter()
-            .filter(|(k, _)| *k == key)
-            .map(|(_, v)| v.as_slice())
-            .collect()
+        self.entries.iter().filter(|(k, _)| *k == key).map(|(_, v)| v.as_slice()).collect()
     }
 
     /// Appends an entry (Envoy `addCopy`); pseudo-headers go after the existing pseudo-headers.
@@ -85,10 +75,7 @@ impl HeaderMap {
         let key = lower(key.as_ref());
         let entry = (key, value.as_ref().to_vec());
         if entry.0.first() == Some(&b':') {
-            let at = self
-                .entries
-                .iter()
-                .position(|(k, _)| k.first() != Some(&b':'));
+            let at = self.entries.iter().position(|(k, _)| k.first() != Some(&b':'));
             match at {
                 Some(i) => self.entries.insert(i, entry),
                 None => self.entries.push(entry),
@@ -112,9 +99,7 @@ impl HeaderMap {
 
     /// Entries in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.entries
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        self.entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
     }
 
     /// Entries in order, as owned pairs.
@@ -134,12 +119,7 @@ mod tests {
         m.add(":method", "GET");
         assert_eq!(
             m.iter().map(|(k, _)| k.to_vec()).collect::<Vec<_>>(),
-            vec![
-                b":path".to_vec(),
-                b":method".to_vec(),
-                b"x-a".to_vec(),
-                b"x-a".to_vec()
-            ]
+            vec![b":path".to_vec(), b":method".to_vec(), b"x-a".to_vec(), b"x-a".to_vec()]
         );
         assert_eq!(m.get("X-a"), Some(&b"1"[..]));
         m.replace("x-a", "3");

@@ -2,13 +2,9 @@
 
 use wasmtime::Linker;
 
-use crate::abi::{
-    BufferType, LogLevel, MapType, MetricType, Status, StreamType, deserialize_pairs,
-};
+use crate::abi::{BufferType, LogLevel, MapType, MetricType, Status, StreamType, deserialize_pairs};
 use crate::headers::HeaderMap;
-use crate::memory::{
-    Ctx, HostErr, HostResult, copy_out, copy_out_allocated, read, write, write_u32, write_u64,
-};
+use crate::memory::{Ctx, HostErr, HostResult, copy_out, copy_out_allocated, read, write, write_u32, write_u64};
 use crate::state::{ContextKind, Effect, HeaderOp, HostState, LocalResponse};
 
 /// Host calls Envoy allows while the VM starts (`_initialize` / `main` / `_start`); any other
@@ -32,18 +28,12 @@ pub(crate) fn enter(c: &mut Ctx<'_>, name: &'static str) -> Result<Option<i32>, 
     let st = c.data_mut();
     st.count(name);
     if st.restricted && !ALLOWED_DURING_START.contains(&name) {
-        return Err(wasmtime::Error::msg(format!(
-            "restricted_callback: {name} called during VM start"
-        )));
+        return Err(wasmtime::Error::msg(format!("restricted_callback: {name} called during VM start")));
     }
     Ok(st.injected(name, None).map(|s| s as i32))
 }
 
-fn run(
-    c: &mut Ctx<'_>,
-    name: &'static str,
-    body: impl FnOnce(&mut Ctx<'_>) -> HostResult,
-) -> wasmtime::Result<i32> {
+fn run(c: &mut Ctx<'_>, name: &'static str, body: impl FnOnce(&mut Ctx<'_>) -> HostResult) -> wasmtime::Result<i32> {
     if let Some(status) = enter(c, name)? {
         return Ok(status);
     }
@@ -64,10 +54,7 @@ fn injected_for(c: &mut Ctx<'_>, name: &'static str, key: &[u8]) -> HostResult {
 
 fn unimplemented(c: &mut Ctx<'_>, hostcall: &'static str, status: Status) -> HostResult {
     let context_id = c.data().active_id();
-    c.data_mut().record(Effect::Unimplemented {
-        context_id,
-        hostcall,
-    });
+    c.data_mut().record(Effect::Unimplemented { context_id, hostcall });
     Err(status.into())
 }
 
@@ -77,157 +64,104 @@ fn map_type(t: i32) -> Result<MapType, Status> {
 
 pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     // Logging, time, ticks.
-    l.func_wrap(
-        "env",
-        "proxy_log",
-        |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| {
-            run(&mut c, "proxy_log", |c| log(c, level, ptr, len))
-        },
-    )?;
+    l.func_wrap("env", "proxy_log", |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| {
+        run(&mut c, "proxy_log", |c| log(c, level, ptr, len))
+    })?;
     l.func_wrap("env", "proxy_get_log_level", |mut c: Ctx<'_>, ptr: i32| {
         run(&mut c, "proxy_get_log_level", |c| {
             let level = c.data().log_level as u32;
             write_u32(c, "proxy_get_log_level", ptr, level)
         })
     })?;
-    l.func_wrap(
-        "env",
-        "proxy_get_current_time_nanoseconds",
-        |mut c: Ctx<'_>, ptr: i32| {
-            run(&mut c, "proxy_get_current_time_nanoseconds", |c| {
-                let now = c.data().realtime_ns;
-                write_u64(c, "proxy_get_current_time_nanoseconds", ptr, now)
-            })
-        },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_set_tick_period_milliseconds",
-        |mut c: Ctx<'_>, period: i32| {
-            run(&mut c, "proxy_set_tick_period_milliseconds", |c| {
-                let st = c.data_mut();
-                let context_id = st.active_id();
-                let period_ms = period as u32;
-                let root = match st.active() {
-                    Some(ctx) if ctx.root_context_id != 0 => ctx.root_context_id,
-                    _ => context_id,
-                };
-                if let Some(ctx) = st.contexts.get_mut(&root) {
-                    ctx.tick_period_ms = Some(period_ms);
-                }
-                st.record(Effect::TickPeriod {
-                    context_id,
-                    period_ms,
-                });
-                Ok(())
-            })
-        },
-    )?;
+    l.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Ctx<'_>, ptr: i32| {
+        run(&mut c, "proxy_get_current_time_nanoseconds", |c| {
+            let now = c.data().realtime_ns;
+            write_u64(c, "proxy_get_current_time_nanoseconds", ptr, now)
+        })
+    })?;
+    l.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut c: Ctx<'_>, period: i32| {
+        run(&mut c, "proxy_set_tick_period_milliseconds", |c| {
+            let st = c.data_mut();
+            let context_id = st.active_id();
+            let period_ms = period as u32;
+            let root = match st.active() {
+                Some(ctx) if ctx.root_context_id != 0 => ctx.root_context_id,
+                _ => context_id,
+            };
+            if let Some(ctx) = st.contexts.get_mut(&root) {
+                ctx.tick_period_ms = Some(period_ms);
+            }
+            st.record(Effect::TickPeriod { context_id, period_ms });
+            Ok(())
+        })
+    })?;
 
     // Buffers.
-    l.func_wrap(
-        "env",
-        "proxy_get_buffer_bytes",
-        |mut c: Ctx<'_>, t: i32, start: i32, max: i32, pp: i32, sp: i32| {
-            run(&mut c, "proxy_get_buffer_bytes", |c| {
-                get_buffer_bytes(c, t, start, max, pp, sp)
-            })
-        },
-    )?;
+    l.func_wrap("env", "proxy_get_buffer_bytes", |mut c: Ctx<'_>, t: i32, start: i32, max: i32, pp: i32, sp: i32| {
+        run(&mut c, "proxy_get_buffer_bytes", |c| get_buffer_bytes(c, t, start, max, pp, sp))
+    })?;
     l.func_wrap(
         "env",
         "proxy_set_buffer_bytes",
         |mut c: Ctx<'_>, t: i32, start: i32, len: i32, ptr: i32, size: i32| {
-            run(&mut c, "proxy_set_buffer_bytes", |c| {
-                set_buffer_bytes(c, t, start, len, ptr, size)
-            })
+            run(&mut c, "proxy_set_buffer_bytes", |c| set_buffer_bytes(c, t, start, len, ptr, size))
         },
     )?;
-    l.func_wrap(
-        "env",
-        "proxy_get_buffer_status",
-        |mut c: Ctx<'_>, t: i32, len_ptr: i32, flags_ptr: i32| {
-            run(&mut c, "proxy_get_buffer_status", |c| {
-                let len = buffer_snapshot(c, t)?.len() as u32;
-                write_u32(c, "proxy_get_buffer_status", len_ptr, len)?;
-                write_u32(c, "proxy_get_buffer_status", flags_ptr, 0)
-            })
-        },
-    )?;
+    l.func_wrap("env", "proxy_get_buffer_status", |mut c: Ctx<'_>, t: i32, len_ptr: i32, flags_ptr: i32| {
+        run(&mut c, "proxy_get_buffer_status", |c| {
+            let len = buffer_snapshot(c, t)?.len() as u32;
+            write_u32(c, "proxy_get_buffer_status", len_ptr, len)?;
+            write_u32(c, "proxy_get_buffer_status", flags_ptr, 0)
+        })
+    })?;
 
     // Header maps.
-    l.func_wrap(
-        "env",
-        "proxy_get_header_map_pairs",
-        |mut c: Ctx<'_>, t: i32, pp: i32, sp: i32| {
-            run(&mut c, "proxy_get_header_map_pairs", |c| {
-                let map = map_type(t)?;
-                let wire = match c.data_mut().active().and_then(|ctx| ctx.const_map(map)) {
-                    Some(m) if !m.is_empty() => m.to_wire(),
-                    _ => Vec::new(),
-                };
-                copy_out(c, "proxy_get_header_map_pairs", &wire, pp, sp)
-            })
-        },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_set_header_map_pairs",
-        |mut c: Ctx<'_>, t: i32, ptr: i32, size: i32| {
-            run(&mut c, "proxy_set_header_map_pairs", |c| {
-                let map = map_type(t)?;
-                let data = read(c, "proxy_set_header_map_pairs", ptr, size)?;
-                let pairs = deserialize_pairs(&data).ok_or(Status::BadArgument)?;
-                let fresh = HeaderMap::from_pairs(pairs.iter().map(|(k, v)| (k, v)));
-                mutate_map(
-                    c,
-                    map,
-                    HeaderOp::SetPairs {
-                        pairs: fresh.pairs().clone(),
-                    },
-                    |m| *m = fresh,
-                )
-            })
-        },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_get_header_map_value",
-        |mut c: Ctx<'_>, t: i32, kp: i32, ks: i32, pp: i32, sp: i32| {
-            run(&mut c, "proxy_get_header_map_value", |c| {
-                let map = map_type(t)?;
-                let key = read(c, "proxy_get_header_map_value", kp, ks)?;
-                injected_for(c, "proxy_get_header_map_value", &key)?;
-                let value = {
-                    let ctx = c.data_mut().active().ok_or(Status::BadArgument)?;
-                    let log_phase = ctx.live.access_log_phase;
-                    match ctx.const_map(map) {
-                        Some(m) => m.get(&key).map(<[u8]>::to_vec).ok_or(Status::NotFound)?,
-                        None if log_phase => return Err(Status::NotFound.into()),
-                        None => return Err(Status::BadArgument.into()),
-                    }
-                };
-                copy_out(c, "proxy_get_header_map_value", &value, pp, sp)
-            })
-        },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_add_header_map_value",
-        |mut c: Ctx<'_>, t: i32, kp: i32, ks: i32, vp: i32, vs: i32| {
-            run(&mut c, "proxy_add_header_map_value", |c| {
-                let map = map_type(t)?;
-                let key = read(c, "proxy_add_header_map_value", kp, ks)?;
-                let value = read(c, "proxy_add_header_map_value", vp, vs)?;
-                injected_for(c, "proxy_add_header_map_value", &key)?;
-                let op = HeaderOp::Add {
-                    key: key.to_ascii_lowercase(),
-                    value: value.clone(),
-                };
-                mutate_map(c, map, op, |m| m.add(&key, &value))
-            })
-        },
-    )?;
+    l.func_wrap("env", "proxy_get_header_map_pairs", |mut c: Ctx<'_>, t: i32, pp: i32, sp: i32| {
+        run(&mut c, "proxy_get_header_map_pairs", |c| {
+            let map = map_type(t)?;
+            let wire = match c.data_mut().active().and_then(|ctx| ctx.const_map(map)) {
+                Some(m) if !m.is_empty() => m.to_wire(),
+                _ => Vec::new(),
+            };
+            copy_out(c, "proxy_get_header_map_pairs", &wire, pp, sp)
+        })
+    })?;
+    l.func_wrap("env", "proxy_set_header_map_pairs", |mut c: Ctx<'_>, t: i32, ptr: i32, size: i32| {
+        run(&mut c, "proxy_set_header_map_pairs", |c| {
+            let map = map_type(t)?;
+            let data = read(c, "proxy_set_header_map_pairs", ptr, size)?;
+            let pairs = deserialize_pairs(&data).ok_or(Status::BadArgument)?;
+            let fresh = HeaderMap::from_pairs(pairs.iter().map(|(k, v)| (k, v)));
+            mutate_map(c, map, HeaderOp::SetPairs { pairs: fresh.pairs().clone() }, |m| *m = fresh)
+        })
+    })?;
+    l.func_wrap("env", "proxy_get_header_map_value", |mut c: Ctx<'_>, t: i32, kp: i32, ks: i32, pp: i32, sp: i32| {
+        run(&mut c, "proxy_get_header_map_value", |c| {
+            let map = map_type(t)?;
+            let key = read(c, "proxy_get_header_map_value", kp, ks)?;
+            injected_for(c, "proxy_get_header_map_value", &key)?;
+            let value = {
+                let ctx = c.data_mut().active().ok_or(Status::BadArgument)?;
+                let log_phase = ctx.live.access_log_phase;
+                match ctx.const_map(map) {
+                    Some(m) => m.get(&key).map(<[u8]>::to_vec).ok_or(Status::NotFound)?,
+                    None if log_phase => return Err(Status::NotFound.into()),
+                    None => return Err(Status::BadArgument.into()),
+                }
+            };
+            copy_out(c, "proxy_get_header_map_value", &value, pp, sp)
+        })
+    })?;
+    l.func_wrap("env", "proxy_add_header_map_value", |mut c: Ctx<'_>, t: i32, kp: i32, ks: i32, vp: i32, vs: i32| {
+        run(&mut c, "proxy_add_header_map_value", |c| {
+            let map = map_type(t)?;
+            let key = read(c, "proxy_add_header_map_value", kp, ks)?;
+            let value = read(c, "proxy_add_header_map_value", vp, vs)?;
+            injected_for(c, "proxy_add_header_map_value", &key)?;
+            let op = HeaderOp::Add { key: key.to_ascii_lowercase(), value: value.clone() };
+            mutate_map(c, map, op, |m| m.add(&key, &value))
+        })
+    })?;
     l.func_wrap(
         "env",
         "proxy_replace_header_map_value",
@@ -237,133 +171,89 @@ pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let key = read(c, "proxy_replace_header_map_value", kp, ks)?;
                 let value = read(c, "proxy_replace_header_map_value", vp, vs)?;
                 injected_for(c, "proxy_replace_header_map_value", &key)?;
-                let op = HeaderOp::Replace {
-                    key: key.to_ascii_lowercase(),
-                    value: value.clone(),
-                };
+                let op = HeaderOp::Replace { key: key.to_ascii_lowercase(), value: value.clone() };
                 mutate_map(c, map, op, |m| m.replace(&key, &value))
             })
         },
     )?;
-    l.func_wrap(
-        "env",
-        "proxy_remove_header_map_value",
-        |mut c: Ctx<'_>, t: i32, kp: i32, ks: i32| {
-            run(&mut c, "proxy_remove_header_map_value", |c| {
-                let map = map_type(t)?;
-                let key = read(c, "proxy_remove_header_map_value", kp, ks)?;
-                injected_for(c, "proxy_remove_header_map_value", &key)?;
-                let op = HeaderOp::Remove {
-                    key: key.to_ascii_lowercase(),
-                };
-                mutate_map(c, map, op, |m| m.remove(&key))
-            })
-        },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_get_header_map_size",
-        |mut c: Ctx<'_>, t: i32, ptr: i32| {
-            run(&mut c, "proxy_get_header_map_size", |c| {
-                let map = map_type(t)?;
-                let ctx = c.data_mut().active().ok_or(Status::BadArgument)?;
-                let size = ctx.mut_map(map).ok_or(Status::BadArgument)?.byte_size() as u32;
-                write_u32(c, "proxy_get_header_map_size", ptr, size)
-            })
-        },
-    )?;
+    l.func_wrap("env", "proxy_remove_header_map_value", |mut c: Ctx<'_>, t: i32, kp: i32, ks: i32| {
+        run(&mut c, "proxy_remove_header_map_value", |c| {
+            let map = map_type(t)?;
+            let key = read(c, "proxy_remove_header_map_value", kp, ks)?;
+            injected_for(c, "proxy_remove_header_map_value", &key)?;
+            let op = HeaderOp::Remove { key: key.to_ascii_lowercase() };
+            mutate_map(c, map, op, |m| m.remove(&key))
+        })
+    })?;
+    l.func_wrap("env", "proxy_get_header_map_size", |mut c: Ctx<'_>, t: i32, ptr: i32| {
+        run(&mut c, "proxy_get_header_map_size", |c| {
+            let map = map_type(t)?;
+            let ctx = c.data_mut().active().ok_or(Status::BadArgument)?;
+            let size = ctx.mut_map(map).ok_or(Status::BadArgument)?.byte_size() as u32;
+            write_u32(c, "proxy_get_header_map_size", ptr, size)
+        })
+    })?;
 
     // Properties.
-    l.func_wrap(
-        "env",
-        "proxy_get_property",
-        |mut c: Ctx<'_>, pp: i32, ps: i32, rp: i32, rs: i32| {
-            run(&mut c, "proxy_get_property", |c| {
-                let path = read(c, "proxy_get_property", pp, ps)?;
-                injected_for(c, "proxy_get_property", &path)?;
-                let id = c.data().active_id();
-                let value = c.data().property(id, &path).ok_or(Status::NotFound)?;
-                copy_out(c, "proxy_get_property", &value, rp, rs)
-            })
-        },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_set_property",
-        |mut c: Ctx<'_>, pp: i32, ps: i32, vp: i32, vs: i32| {
-            run(&mut c, "proxy_set_property", |c| {
-                let path = read(c, "proxy_set_property", pp, ps)?;
-                let value = read(c, "proxy_set_property", vp, vs)?;
-                injected_for(c, "proxy_set_property", &path)?;
-                let st = c.data_mut();
-                let context_id = st.active_id();
-                // Envoy stores it in the stream's filter state: root contexts have none.
-                let status = match st.active() {
-                    Some(ctx) if ctx.kind != ContextKind::Root => {
-                        ctx.properties.insert(path.clone(), value.clone());
-                        Status::Ok
-                    }
-                    _ => Status::NotFound,
-                };
-                st.record(Effect::PropertySet {
-                    context_id,
-                    path,
-                    value,
-                    status,
-                });
-                status_result(status)
-            })
-        },
-    )?;
+    l.func_wrap("env", "proxy_get_property", |mut c: Ctx<'_>, pp: i32, ps: i32, rp: i32, rs: i32| {
+        run(&mut c, "proxy_get_property", |c| {
+            let path = read(c, "proxy_get_property", pp, ps)?;
+            injected_for(c, "proxy_get_property", &path)?;
+            let id = c.data().active_id();
+            let value = c.data().property(id, &path).ok_or(Status::NotFound)?;
+            copy_out(c, "proxy_get_property", &value, rp, rs)
+        })
+    })?;
+    l.func_wrap("env", "proxy_set_property", |mut c: Ctx<'_>, pp: i32, ps: i32, vp: i32, vs: i32| {
+        run(&mut c, "proxy_set_property", |c| {
+            let path = read(c, "proxy_set_property", pp, ps)?;
+            let value = read(c, "proxy_set_property", vp, vs)?;
+            injected_for(c, "proxy_set_property", &path)?;
+            let st = c.data_mut();
+            let context_id = st.active_id();
+            // Envoy stores it in the stream's filter state: root contexts have none.
+            let status = match st.active() {
+                Some(ctx) if ctx.kind != ContextKind::Root => {
+                    ctx.properties.insert(path.clone(), value.clone());
+                    Status::Ok
+                }
+                _ => Status::NotFound,
+            };
+            st.record(Effect::PropertySet { context_id, path, value, status });
+            status_result(status)
+        })
+    })?;
 
     // Shared data and queues.
-    l.func_wrap(
-        "env",
-        "proxy_get_shared_data",
-        |mut c: Ctx<'_>, kp: i32, ks: i32, vpp: i32, vsp: i32, casp: i32| {
-            run(&mut c, "proxy_get_shared_data", |c| {
-                let key = read(c, "proxy_get_shared_data", kp, ks)?;
-                injected_for(c, "proxy_get_shared_data", &key)?;
-                let (value, cas) = c.data().shared.get(&key).ok_or(Status::NotFound)?;
-                copy_out(c, "proxy_get_shared_data", &value, vpp, vsp)?;
-                write_u32(c, "proxy_get_shared_data", casp, cas)
-            })
-        },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_set_shared_data",
-        |mut c: Ctx<'_>, kp: i32, ks: i32, vp: i32, vs: i32, cas: i32| {
-            run(&mut c, "proxy_set_shared_data", |c| {
-                let key = read(c, "proxy_set_shared_data", kp, ks)?;
-                let value = read(c, "proxy_set_shared_data", vp, vs)?;
-                injected_for(c, "proxy_set_shared_data", &key)?;
-                let st = c.data_mut();
-                let status = st.shared.set(&key, &value, cas as u32);
-                let context_id = st.active_id();
-                st.record(Effect::SharedDataSet {
-                    context_id,
-                    key,
-                    value,
-                    cas: cas as u32,
-                    status,
-                });
-                status_result(status)
-            })
-        },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_register_shared_queue",
-        |mut c: Ctx<'_>, np: i32, ns: i32, idp: i32| {
-            run(&mut c, "proxy_register_shared_queue", |c| {
-                let name = read(c, "proxy_register_shared_queue", np, ns)?;
-                let st = c.data();
-                let id = st.shared.register_queue(st.vm_id.as_bytes(), &name);
-                write_u32(c, "proxy_register_shared_queue", idp, id)
-            })
-        },
-    )?;
+    l.func_wrap("env", "proxy_get_shared_data", |mut c: Ctx<'_>, kp: i32, ks: i32, vpp: i32, vsp: i32, casp: i32| {
+        run(&mut c, "proxy_get_shared_data", |c| {
+            let key = read(c, "proxy_get_shared_data", kp, ks)?;
+            injected_for(c, "proxy_get_shared_data", &key)?;
+            let (value, cas) = c.data().shared.get(&key).ok_or(Status::NotFound)?;
+            copy_out(c, "proxy_get_shared_data", &value, vpp, vsp)?;
+            write_u32(c, "proxy_get_shared_data", casp, cas)
+        })
+    })?;
+    l.func_wrap("env", "proxy_set_shared_data", |mut c: Ctx<'_>, kp: i32, ks: i32, vp: i32, vs: i32, cas: i32| {
+        run(&mut c, "proxy_set_shared_data", |c| {
+            let key = read(c, "proxy_set_shared_data", kp, ks)?;
+            let value = read(c, "proxy_set_shared_data", vp, vs)?;
+            injected_for(c, "proxy_set_shared_data", &key)?;
+            let st = c.data_mut();
+            let status = st.shared.set(&key, &value, cas as u32);
+            let context_id = st.active_id();
+            st.record(Effect::SharedDataSet { context_id, key, value, cas: cas as u32, status });
+            status_result(status)
+        })
+    })?;
+    l.func_wrap("env", "proxy_register_shared_queue", |mut c: Ctx<'_>, np: i32, ns: i32, idp: i32| {
+        run(&mut c, "proxy_register_shared_queue", |c| {
+            let name = read(c, "proxy_register_shared_queue", np, ns)?;
+            let st = c.data();
+            let id = st.shared.register_queue(st.vm_id.as_bytes(), &name);
+            write_u32(c, "proxy_register_shared_queue", idp, id)
+        })
+    })?;
     l.func_wrap(
         "env",
         "proxy_resolve_shared_queue",
@@ -371,106 +261,60 @@ pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             run(&mut c, "proxy_resolve_shared_queue", |c| {
                 let vm_id = read(c, "proxy_resolve_shared_queue", vp, vs)?;
                 let name = read(c, "proxy_resolve_shared_queue", np, ns)?;
-                let id = c
-                    .data()
-                    .shared
-                    .resolve_queue(&vm_id, &name)
-                    .ok_or(Status::NotFound)?;
+                let id = c.data().shared.resolve_queue(&vm_id, &name).ok_or(Status::NotFound)?;
                 write_u32(c, "proxy_resolve_shared_queue", idp, id)
             })
         },
     )?;
-    l.func_wrap(
-        "env",
-        "proxy_enqueue_shared_queue",
-        |mut c: Ctx<'_>, id: i32, vp: i32, vs: i32| {
-            run(&mut c, "proxy_enqueue_shared_queue", |c| {
-                let value = read(c, "proxy_enqueue_shared_queue", vp, vs)?;
-                let st = c.data_mut();
-                let status = st.shared.enqueue(id as u32, value.clone());
-                if status == Status::Ok {
-                    let context_id = st.active_id();
-                    st.record(Effect::QueueEnqueued {
-                        context_id,
-                        queue_id: id as u32,
-                        value,
-                    });
-                }
-                status_result(status)
-            })
-        },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_dequeue_shared_queue",
-        |mut c: Ctx<'_>, id: i32, pp: i32, sp: i32| {
-            run(&mut c, "proxy_dequeue_shared_queue", |c| {
-                let value = c.data().shared.dequeue(id as u32)?;
-                copy_out(c, "proxy_dequeue_shared_queue", &value, pp, sp)
-            })
-        },
-    )?;
+    l.func_wrap("env", "proxy_enqueue_shared_queue", |mut c: Ctx<'_>, id: i32, vp: i32, vs: i32| {
+        run(&mut c, "proxy_enqueue_shared_queue", |c| {
+            let value = read(c, "proxy_enqueue_shared_queue", vp, vs)?;
+            let st = c.data_mut();
+            let status = st.shared.enqueue(id as u32, value.clone());
+            if status == Status::Ok {
+                let context_id = st.active_id();
+                st.record(Effect::QueueEnqueued { context_id, queue_id: id as u32, value });
+            }
+            status_result(status)
+        })
+    })?;
+    l.func_wrap("env", "proxy_dequeue_shared_queue", |mut c: Ctx<'_>, id: i32, pp: i32, sp: i32| {
+        run(&mut c, "proxy_dequeue_shared_queue", |c| {
+            let value = c.data().shared.dequeue(id as u32)?;
+            copy_out(c, "proxy_dequeue_shared_queue", &value, pp, sp)
+        })
+    })?;
 
     // Metrics.
-    l.func_wrap(
-        "env",
-        "proxy_define_metric",
-        |mut c: Ctx<'_>, t: i32, np: i32, ns: i32, idp: i32| {
-            run(&mut c, "proxy_define_metric", |c| {
-                let metric_type = MetricType::from_u32(t as u32).ok_or(Status::BadArgument)?;
-                let name = read(c, "proxy_define_metric", np, ns)?;
-                injected_for(c, "proxy_define_metric", &name)?;
-                let name = String::from_utf8_lossy(&name).into_owned();
-                let st = c.data_mut();
-                let id = st.metrics.define(metric_type, &name);
-                let context_id = st.active_id();
-                st.record(Effect::MetricDefined {
-                    context_id,
-                    id,
-                    metric_type,
-                    name,
-                });
-                write_u32(c, "proxy_define_metric", idp, id)
-            })
-        },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_increment_metric",
-        |mut c: Ctx<'_>, id: i32, offset: i64| {
-            run(&mut c, "proxy_increment_metric", |c| {
-                increment_metric(c.data_mut(), id as u32, offset)
-            })
-        },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_record_metric",
-        |mut c: Ctx<'_>, id: i32, value: i64| {
-            run(&mut c, "proxy_record_metric", |c| {
-                record_metric(c.data_mut(), id as u32, value as u64)
-            })
-        },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_get_metric",
-        |mut c: Ctx<'_>, id: i32, ptr: i32| {
-            run(&mut c, "proxy_get_metric", |c| {
-                let id = id as u32;
-                if id & 3 > 1 {
-                    return Err(Status::BadArgument.into()); // histograms cannot be read back
-                }
-                let value = c
-                    .data_mut()
-                    .metrics
-                    .get_mut(id)
-                    .ok_or(Status::NotFound)?
-                    .value;
-                write_u64(c, "proxy_get_metric", ptr, value as u64)
-            })
-        },
-    )?;
+    l.func_wrap("env", "proxy_define_metric", |mut c: Ctx<'_>, t: i32, np: i32, ns: i32, idp: i32| {
+        run(&mut c, "proxy_define_metric", |c| {
+            let metric_type = MetricType::from_u32(t as u32).ok_or(Status::BadArgument)?;
+            let name = read(c, "proxy_define_metric", np, ns)?;
+            injected_for(c, "proxy_define_metric", &name)?;
+            let name = String::from_utf8_lossy(&name).into_owned();
+            let st = c.data_mut();
+            let id = st.metrics.define(metric_type, &name);
+            let context_id = st.active_id();
+            st.record(Effect::MetricDefined { context_id, id, metric_type, name });
+            write_u32(c, "proxy_define_metric", idp, id)
+        })
+    })?;
+    l.func_wrap("env", "proxy_increment_metric", |mut c: Ctx<'_>, id: i32, offset: i64| {
+        run(&mut c, "proxy_increment_metric", |c| increment_metric(c.data_mut(), id as u32, offset))
+    })?;
+    l.func_wrap("env", "proxy_record_metric", |mut c: Ctx<'_>, id: i32, value: i64| {
+        run(&mut c, "proxy_record_metric", |c| record_metric(c.data_mut(), id as u32, value as u64))
+    })?;
+    l.func_wrap("env", "proxy_get_metric", |mut c: Ctx<'_>, id: i32, ptr: i32| {
+        run(&mut c, "proxy_get_metric", |c| {
+            let id = id as u32;
+            if id & 3 > 1 {
+                return Err(Status::BadArgument.into()); // histograms cannot be read back
+            }
+            let value = c.data_mut().metrics.get_mut(id).ok_or(Status::NotFound)?.value;
+            write_u64(c, "proxy_get_metric", ptr, value as u64)
+        })
+    })?;
 
     // Stream control.
     l.func_wrap("env", "proxy_continue_stream", |mut c: Ctx<'_>, t: i32| {
@@ -498,42 +342,24 @@ pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         run(&mut c, "proxy_close_stream", |c| {
             let stream = StreamType::from_u32(t as u32).ok_or(Status::BadArgument)?;
             let context_id = c.data().active_id();
-            c.data_mut()
-                .record(Effect::StreamClosed { context_id, stream });
+            c.data_mut().record(Effect::StreamClosed { context_id, stream });
             Ok(())
         })
     })?;
     l.func_wrap(
         "env",
         "proxy_send_local_response",
-        |mut c: Ctx<'_>,
-         code: i32,
-         dp: i32,
-         ds: i32,
-         bp: i32,
-         bs: i32,
-         hp: i32,
-         hs: i32,
-         grpc: i32| {
+        |mut c: Ctx<'_>, code: i32, dp: i32, ds: i32, bp: i32, bs: i32, hp: i32, hs: i32, grpc: i32| {
             run(&mut c, "proxy_send_local_response", |c| {
                 let details = read(c, "proxy_send_local_response", dp, ds)?;
                 let body = read(c, "proxy_send_local_response", bp, bs)?;
                 let headers = read(c, "proxy_send_local_response", hp, hs)?;
                 let headers = deserialize_pairs(&headers).ok_or(Status::BadArgument)?;
-                let headers = headers
-                    .into_iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                    .collect();
+                let headers = headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
                 let st = c.data_mut();
                 let context_id = st.active_id();
-                let response = LocalResponse {
-                    context_id,
-                    status_code: code as u32,
-                    details,
-                    body,
-                    headers,
-                    grpc_status: grpc,
-                };
+                let response =
+                    LocalResponse { context_id, status_code: code as u32, details, body, headers, grpc_status: grpc };
                 if let Some(ctx) = st.active() {
                     ctx.local_response = Some(response.clone());
                 }
@@ -544,29 +370,21 @@ pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     )?;
 
     // Contexts and foreign functions.
-    l.func_wrap(
-        "env",
-        "proxy_set_effective_context",
-        |mut c: Ctx<'_>, id: i32| {
-            run(&mut c, "proxy_set_effective_context", |c| {
-                let st = c.data_mut();
-                if !st.contexts.contains_key(&(id as u32)) {
-                    return Err(Status::BadArgument.into());
-                }
-                st.effective = Some(id as u32);
-                Ok(())
-            })
-        },
-    )?;
+    l.func_wrap("env", "proxy_set_effective_context", |mut c: Ctx<'_>, id: i32| {
+        run(&mut c, "proxy_set_effective_context", |c| {
+            let st = c.data_mut();
+            if !st.contexts.contains_key(&(id as u32)) {
+                return Err(Status::BadArgument.into());
+            }
+            st.effective = Some(id as u32);
+            Ok(())
+        })
+    })?;
     l.func_wrap("env", "proxy_done", |mut c: Ctx<'_>| {
         run(&mut c, "proxy_done", |c| {
             let st = c.data_mut();
             let context_id = st.active_id();
-            let pos = st
-                .pending_done
-                .iter()
-                .position(|&id| id == context_id)
-                .ok_or(Status::NotFound)?;
+            let pos = st.pending_done.iter().position(|&id| id == context_id).ok_or(Status::NotFound)?;
             st.pending_done.remove(pos);
             st.record(Effect::Done { context_id });
             Ok(())
@@ -576,9 +394,7 @@ pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_call_foreign_function",
         |mut c: Ctx<'_>, np: i32, ns: i32, ap: i32, asz: i32, rp: i32, rs: i32| {
-            run(&mut c, "proxy_call_foreign_function", |c| {
-                call_foreign_function(c, np, ns, ap, asz, rp, rs)
-            })
+            run(&mut c, "proxy_call_foreign_function", |c| call_foreign_function(c, np, ns, ap, asz, rp, rs))
         },
     )?;
 
@@ -634,49 +450,31 @@ pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          _: i32,
          _: i32,
          _: i32| {
-            run(&mut c, "proxy_grpc_call", |c| {
-                unimplemented(c, "proxy_grpc_call", Status::InternalFailure)
-            })
+            run(&mut c, "proxy_grpc_call", |c| unimplemented(c, "proxy_grpc_call", Status::InternalFailure))
         },
     )?;
     l.func_wrap(
         "env",
         "proxy_grpc_stream",
         |mut c: Ctx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| {
-            run(&mut c, "proxy_grpc_stream", |c| {
-                unimplemented(c, "proxy_grpc_stream", Status::InternalFailure)
-            })
+            run(&mut c, "proxy_grpc_stream", |c| unimplemented(c, "proxy_grpc_stream", Status::InternalFailure))
         },
     )?;
-    l.func_wrap(
-        "env",
-        "proxy_grpc_send",
-        |mut c: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| {
-            run(&mut c, "proxy_grpc_send", |c| {
-                unimplemented(c, "proxy_grpc_send", Status::NotFound)
-            })
-        },
-    )?;
+    l.func_wrap("env", "proxy_grpc_send", |mut c: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| {
+        run(&mut c, "proxy_grpc_send", |c| unimplemented(c, "proxy_grpc_send", Status::NotFound))
+    })?;
     l.func_wrap("env", "proxy_grpc_cancel", |mut c: Ctx<'_>, _: i32| {
-        run(&mut c, "proxy_grpc_cancel", |c| {
-            unimplemented(c, "proxy_grpc_cancel", Status::NotFound)
-        })
+        run(&mut c, "proxy_grpc_cancel", |c| unimplemented(c, "proxy_grpc_cancel", Status::NotFound))
     })?;
     l.func_wrap("env", "proxy_grpc_close", |mut c: Ctx<'_>, _: i32| {
-        run(&mut c, "proxy_grpc_close", |c| {
-            unimplemented(c, "proxy_grpc_close", Status::NotFound)
+        run(&mut c, "proxy_grpc_close", |c| unimplemented(c, "proxy_grpc_close", Status::NotFound))
+    })?;
+    l.func_wrap("env", "proxy_get_status", |mut c: Ctx<'_>, code_ptr: i32, pp: i32, sp: i32| {
+        run(&mut c, "proxy_get_status", |c| {
+            write_u32(c, "proxy_get_status", code_ptr, 0)?;
+            copy_out(c, "proxy_get_status", &[], pp, sp)
         })
     })?;
-    l.func_wrap(
-        "env",
-        "proxy_get_status",
-        |mut c: Ctx<'_>, code_ptr: i32, pp: i32, sp: i32| {
-            run(&mut c, "proxy_get_status", |c| {
-                write_u32(c, "proxy_get_status", code_ptr, 0)?;
-                copy_out(c, "proxy_get_status", &[], pp, sp)
-            })
-        },
-    )?;
     Ok(())
 }
 
@@ -696,33 +494,17 @@ fn log(c: &mut Ctx<'_>, level: i32, ptr: i32, len: i32) -> HostResult {
         st.panic_text.push(message.clone());
     }
     let context_id = st.active_id();
-    st.record(Effect::Log {
-        context_id,
-        level,
-        message,
-    });
+    st.record(Effect::Log { context_id, level, message });
     Ok(())
 }
 
 /// Applies `f` to a header map Envoy would let the module change right now.
-fn mutate_map(
-    c: &mut Ctx<'_>,
-    map: MapType,
-    op: HeaderOp,
-    f: impl FnOnce(&mut HeaderMap),
-) -> HostResult {
+fn mutate_map(c: &mut Ctx<'_>, map: MapType, op: HeaderOp, f: impl FnOnce(&mut HeaderMap)) -> HostResult {
     let st = c.data_mut();
     let context_id = st.active_id();
-    let m = st
-        .active()
-        .and_then(|ctx| ctx.mut_map(map))
-        .ok_or(Status::BadArgument)?;
+    let m = st.active().and_then(|ctx| ctx.mut_map(map)).ok_or(Status::BadArgument)?;
     f(m);
-    st.record(Effect::HeaderMap {
-        context_id,
-        map,
-        op,
-    });
+    st.record(Effect::HeaderMap { context_id, map, op });
     Ok(())
 }
 
@@ -754,23 +536,13 @@ fn get_buffer_bytes(c: &mut Ctx<'_>, t: i32, start: i32, max: i32, pp: i32, sp: 
     }
 }
 
-fn set_buffer_bytes(
-    c: &mut Ctx<'_>,
-    t: i32,
-    start: i32,
-    len: i32,
-    ptr: i32,
-    size: i32,
-) -> HostResult {
+fn set_buffer_bytes(c: &mut Ctx<'_>, t: i32, start: i32, len: i32, ptr: i32, size: i32) -> HostResult {
     let buffer = BufferType::from_u32(t as u32).ok_or(Status::BadArgument)?;
     let data = read(c, "proxy_set_buffer_bytes", ptr, size)?;
     let (start, length) = (start as u32, len as u32);
     let st = c.data_mut();
     let context_id = st.active_id();
-    let (buf, live) = st
-        .active()
-        .and_then(|ctx| ctx.buffer_mut(buffer))
-        .ok_or(Status::NotFound)?;
+    let (buf, live) = st.active().and_then(|ctx| ctx.buffer_mut(buffer)).ok_or(Status::NotFound)?;
     if !live {
         return Err(Status::NotFound.into());
     }
@@ -783,21 +555,12 @@ fn set_buffer_bytes(
     } else {
         return Err(Status::BadArgument.into());
     }
-    st.record(Effect::BufferWrite {
-        context_id,
-        buffer,
-        start,
-        length,
-        data,
-    });
+    st.record(Effect::BufferWrite { context_id, buffer, start, length, data });
     Ok(())
 }
 
 fn metric_name(st: &mut HostState, id: u32) -> String {
-    st.metrics
-        .get_mut(id)
-        .map(|m| m.name.clone())
-        .unwrap_or_default()
+    st.metrics.get_mut(id).map(|m| m.name.clone()).unwrap_or_default()
 }
 
 /// Envoy: counters only go up by a positive offset; gauges move either way; histograms refuse.
@@ -812,13 +575,7 @@ fn increment_metric(st: &mut HostState, id: u32, offset: i64) -> HostResult {
         _ => Status::BadArgument,
     };
     let (context_id, name) = (st.active_id(), metric_name(st, id));
-    st.record(Effect::MetricIncremented {
-        context_id,
-        id,
-        name,
-        offset,
-        status,
-    });
+    st.record(Effect::MetricIncremented { context_id, id, name, offset, status });
     status_result(status)
 }
 
@@ -840,25 +597,11 @@ fn record_metric(st: &mut HostState, id: u32, value: u64) -> HostResult {
         _ => Status::NotFound,
     };
     let (context_id, name) = (st.active_id(), metric_name(st, id));
-    st.record(Effect::MetricRecorded {
-        context_id,
-        id,
-        name,
-        value,
-        status,
-    });
+    st.record(Effect::MetricRecorded { context_id, id, name, value, status });
     status_result(status)
 }
 
-fn call_foreign_function(
-    c: &mut Ctx<'_>,
-    np: i32,
-    ns: i32,
-    ap: i32,
-    asz: i32,
-    rp: i32,
-    rs: i32,
-) -> HostResult {
+fn call_foreign_function(c: &mut Ctx<'_>, np: i32, ns: i32, ap: i32, asz: i32, rp: i32, rs: i32) -> HostResult {
     const NAME: &str = "proxy_call_foreign_function";
     let name = read(c, NAME, np, ns)?;
     let args = read(c, NAME, ap, asz)?;
@@ -871,12 +614,7 @@ fn call_foreign_function(
     };
     let context_id = st.active_id();
     let status = result.as_ref().err().copied().unwrap_or(Status::Ok);
-    st.record(Effect::ForeignCall {
-        context_id,
-        name,
-        args,
-        status,
-    });
+    st.record(Effect::ForeignCall { context_id, name, args, status });
     let bytes = result?;
     match bytes {
         Some(b) if rp != 0 => copy_out_allocated(c, NAME, &b, rp, rs),

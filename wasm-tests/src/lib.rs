@@ -33,7 +33,6 @@ pub use abi::{Action, BufferType, LogLevel, MapType, MetricType, PeerType, Statu
 pub use error::{Error, Result};
 pub use headers::HeaderMap;
 pub use state::{
-    ContextKind, ContextState, Effect, Failure, ForeignFunction, HeaderOp, LocalResponse, Metric,
-    SharedData,
+    ContextKind, ContextState, Effect, Failure, ForeignFunction, HeaderOp, LocalResponse, Metric, SharedData,
 };
 pub use vm::{Vm, VmConfig, WasmModule};

@@ -37,26 +37,15 @@ fn memory(c: &mut Ctx<'_>) -> Result<Memory, Status> {
 
 fn bad_access(c: &mut Ctx<'_>, hostcall: &'static str) -> HostErr {
     let context_id = c.data().active_id();
-    c.data_mut().record(Effect::InvalidMemoryAccess {
-        context_id,
-        hostcall,
-    });
+    c.data_mut().record(Effect::InvalidMemoryAccess { context_id, hostcall });
     HostErr::Status(Status::InvalidMemoryAccess)
 }
 
 /// Copies `len` bytes at `ptr` out of guest memory.
-pub(crate) fn read(
-    c: &mut Ctx<'_>,
-    hostcall: &'static str,
-    ptr: i32,
-    len: i32,
-) -> HostResult<Vec<u8>> {
+pub(crate) fn read(c: &mut Ctx<'_>, hostcall: &'static str, ptr: i32, len: i32) -> HostResult<Vec<u8>> {
     let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
     let mem = memory(c).map_err(|_| bad_access(c, hostcall))?;
-    let bytes = ptr
-        .checked_add(len)
-        .and_then(|end| mem.data(&*c).get(ptr..end))
-        .map(<[u8]>::to_vec);
+    let bytes = ptr.checked_add(len).and_then(|end| mem.data(&*c).get(ptr..end)).map(<[u8]>::to_vec);
     bytes.ok_or_else(|| bad_access(c, hostcall))
 }
 
@@ -64,9 +53,7 @@ pub(crate) fn read(
 pub(crate) fn in_bounds(c: &mut Ctx<'_>, ptr: i32, len: i32) -> bool {
     let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
     match memory(c) {
-        Ok(mem) => ptr
-            .checked_add(len)
-            .is_some_and(|end| end <= mem.data_size(&*c)),
+        Ok(mem) => ptr.checked_add(len).is_some_and(|end| end <= mem.data_size(&*c)),
         Err(_) => false,
     }
 }
@@ -75,21 +62,14 @@ pub(crate) fn in_bounds(c: &mut Ctx<'_>, ptr: i32, len: i32) -> bool {
 pub(crate) fn write(c: &mut Ctx<'_>, hostcall: &'static str, ptr: i32, bytes: &[u8]) -> HostResult {
     let ptr = ptr as u32 as usize;
     let mem = memory(c).map_err(|_| bad_access(c, hostcall))?;
-    let ok = match ptr
-        .checked_add(bytes.len())
-        .and_then(|end| mem.data_mut(&mut *c).get_mut(ptr..end))
-    {
+    let ok = match ptr.checked_add(bytes.len()).and_then(|end| mem.data_mut(&mut *c).get_mut(ptr..end)) {
         Some(dst) => {
             dst.copy_from_slice(bytes);
             true
         }
         None => false,
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(bad_access(c, hostcall))
-    }
+    if ok { Ok(()) } else { Err(bad_access(c, hostcall)) }
 }
 
 pub(crate) fn write_u32(c: &mut Ctx<'_>, hostcall: &'static str, ptr: i32, v: u32) -> HostResult {
@@ -103,15 +83,12 @@ pub(crate) fn write_u64(c: &mut Ctx<'_>, hostcall: &'static str, ptr: i32, v: u6
 /// Allocates `size` bytes inside the module with its exported allocator
 /// (`proxy_on_memory_allocate`, or `malloc`), as Envoy does. A trap in the allocator traps.
 pub(crate) fn alloc(c: &mut Ctx<'_>, hostcall: &'static str, size: usize) -> HostResult<i32> {
-    let func = ["proxy_on_memory_allocate", "malloc"]
-        .iter()
-        .find_map(|name| c.get_export(name).and_then(Extern::into_func));
+    let func =
+        ["proxy_on_memory_allocate", "malloc"].iter().find_map(|name| c.get_export(name).and_then(Extern::into_func));
     let Some(func) = func else {
         return Err(bad_access(c, hostcall));
     };
-    let typed = func
-        .typed::<i32, i32>(&*c)
-        .map_err(|_| bad_access(c, hostcall))?;
+    let typed = func.typed::<i32, i32>(&*c).map_err(|_| bad_access(c, hostcall))?;
     let ptr = typed.call(&mut *c, size as i32)?;
     if ptr == 0 && size > 0 {
         return Err(bad_access(c, hostcall));
@@ -129,11 +106,7 @@ pub(crate) fn copy_out(
     ptr_ptr: i32,
     size_ptr: i32,
 ) -> HostResult {
-    let ptr = if data.is_empty() {
-        0
-    } else {
-        alloc(c, hostcall, data.len())?
-    };
+    let ptr = if data.is_empty() { 0 } else { alloc(c, hostcall, data.len())? };
     if !data.is_empty() {
         write(c, hostcall, ptr, data)?;
     }

@@ -111,22 +111,10 @@ impl ContextState {
     pub(crate) fn const_map(&self, map: MapType) -> Option<&HeaderMap> {
         let live = &self.live;
         let (m, ok) = match map {
-            MapType::HttpRequestHeaders => (
-                &self.request_headers,
-                live.request_headers || live.access_log_phase,
-            ),
-            MapType::HttpRequestTrailers => (
-                &self.request_trailers,
-                live.request_trailers && !live.access_log_phase,
-            ),
-            MapType::HttpResponseHeaders => (
-                &self.response_headers,
-                live.response_headers || live.access_log_phase,
-            ),
-            MapType::HttpResponseTrailers => (
-                &self.response_trailers,
-                live.response_trailers || live.access_log_phase,
-            ),
+            MapType::HttpRequestHeaders => (&self.request_headers, live.request_headers || live.access_log_phase),
+            MapType::HttpRequestTrailers => (&self.request_trailers, live.request_trailers && !live.access_log_phase),
+            MapType::HttpResponseHeaders => (&self.response_headers, live.response_headers || live.access_log_phase),
+            MapType::HttpResponseTrailers => (&self.response_trailers, live.response_trailers || live.access_log_phase),
             _ => return None,
         };
         ok.then_some(m)
@@ -310,12 +298,7 @@ pub struct Failure {
 impl Failure {
     /// Fail every call of host function `name` (e.g. `"proxy_get_header_map_value"`).
     pub fn hostcall(name: &str, status: Status) -> Self {
-        Self {
-            hostcall: name.to_string(),
-            key: None,
-            status,
-            remaining: None,
-        }
+        Self { hostcall: name.to_string(), key: None, status, remaining: None }
     }
 
     /// Fail `proxy_get_property` for exactly this path.
@@ -360,18 +343,10 @@ pub(crate) struct Metrics {
 impl Metrics {
     /// Envoy's id scheme: the low 2 bits carry the type, ids step by 4.
     pub fn define(&mut self, ty: MetricType, name: &str) -> u32 {
-        let idx = match self
-            .list
-            .iter()
-            .position(|m| m.metric_type == Some(ty) && m.name == name)
-        {
+        let idx = match self.list.iter().position(|m| m.metric_type == Some(ty) && m.name == name) {
             Some(i) => i,
             None => {
-                self.list.push(Metric {
-                    name: name.to_string(),
-                    metric_type: Some(ty),
-                    ..Metric::default()
-                });
+                self.list.push(Metric { name: name.to_string(), metric_type: Some(ty), ..Metric::default() });
                 self.list.len() - 1
             }
         };
@@ -413,9 +388,7 @@ pub struct SharedData(Arc<Mutex<SharedInner>>);
 
 impl SharedData {
     fn lock(&self) -> MutexGuard<'_, SharedInner> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Value and CAS token of `key`.
@@ -437,9 +410,7 @@ impl SharedData {
                 *entry = (value.as_ref().to_vec(), token);
             }
             None => {
-                inner
-                    .data
-                    .insert(key.as_ref().to_vec(), (value.as_ref().to_vec(), token));
+                inner.data.insert(key.as_ref().to_vec(), (value.as_ref().to_vec(), token));
             }
         }
         Status::Ok
@@ -447,28 +418,16 @@ impl SharedData {
 
     pub(crate) fn register_queue(&self, vm_id: &[u8], name: &[u8]) -> u32 {
         let mut inner = self.lock();
-        if let Some(i) = inner
-            .queues
-            .iter()
-            .position(|q| q.vm_id == vm_id && q.name == name)
-        {
+        if let Some(i) = inner.queues.iter().position(|q| q.vm_id == vm_id && q.name == name) {
             return i as u32 + 1;
         }
-        inner.queues.push(Queue {
-            vm_id: vm_id.to_vec(),
-            name: name.to_vec(),
-            items: VecDeque::new(),
-        });
+        inner.queues.push(Queue { vm_id: vm_id.to_vec(), name: name.to_vec(), items: VecDeque::new() });
         inner.queues.len() as u32
     }
 
     pub(crate) fn resolve_queue(&self, vm_id: &[u8], name: &[u8]) -> Option<u32> {
         let inner = self.lock();
-        inner
-            .queues
-            .iter()
-            .position(|q| q.vm_id == vm_id && q.name == name)
-            .map(|i| i as u32 + 1)
+        inner.queues.iter().position(|q| q.vm_id == vm_id && q.name == name).map(|i| i as u32 + 1)
     }
 
     pub(crate) fn enqueue(&self, id: u32, value: Vec<u8>) -> Status {
@@ -493,11 +452,7 @@ impl SharedData {
     /// Items currently waiting in queue `id`.
     pub fn queue_items(&self, id: u32) -> Vec<Vec<u8>> {
         let inner = self.lock();
-        inner
-            .queues
-            .get((id as usize).wrapping_sub(1))
-            .map(|q| q.items.iter().cloned().collect())
-            .unwrap_or_default()
+        inner.queues.get((id as usize).wrapping_sub(1)).map(|q| q.items.iter().cloned().collect()).unwrap_or_default()
     }
 }
 
@@ -566,19 +521,16 @@ impl HostState {
 
     /// Fires an injected failure for `hostcall` (and `key`, when given) if one matches.
     pub fn injected(&mut self, hostcall: &'static str, key: Option<&[u8]>) -> Option<Status> {
-        let rule = self.failures.iter_mut().find(|f| {
-            f.hostcall == hostcall && f.key.as_deref() == key && f.remaining != Some(0)
-        })?;
+        let rule = self
+            .failures
+            .iter_mut()
+            .find(|f| f.hostcall == hostcall && f.key.as_deref() == key && f.remaining != Some(0))?;
         if let Some(n) = rule.remaining.as_mut() {
             *n -= 1;
         }
         let status = rule.status;
         let context_id = self.active_id();
-        self.record(Effect::InjectedFailure {
-            context_id,
-            hostcall,
-            status,
-        });
+        self.record(Effect::InjectedFailure { context_id, hostcall, status });
         Some(status)
     }
 

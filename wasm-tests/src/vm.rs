@@ -9,8 +9,7 @@ use crate::abi::{Action, LogLevel, PeerType, property_path};
 use crate::error::{Error, Result};
 use crate::headers::HeaderMap;
 use crate::state::{
-    ContextKind, ContextState, Effect, Failure, ForeignFunction, HostState, LocalResponse, Metric,
-    Metrics, SharedData,
+    ContextKind, ContextState, Effect, Failure, ForeignFunction, HostState, LocalResponse, Metric, Metrics, SharedData,
 };
 use crate::{hostcalls, wasi};
 
@@ -27,8 +26,7 @@ impl WasmModule {
     /// `proxy_abi_version_0_2_*` marker (Envoy refuses such modules too).
     pub fn new(bytes: impl AsRef<[u8]>) -> Result<Self> {
         let engine = Engine::new(&Config::new()).map_err(|e| Error::Compile(format!("{e:?}")))?;
-        let module =
-            Module::new(&engine, bytes.as_ref()).map_err(|e| Error::Compile(format!("{e:?}")))?;
+        let module = Module::new(&engine, bytes.as_ref()).map_err(|e| Error::Compile(format!("{e:?}")))?;
         let abi_version = module
             .exports()
             .map(|e| e.name())
@@ -36,11 +34,7 @@ impl WasmModule {
             .ok_or(Error::MissingAbiVersion)?
             .trim_start_matches("proxy_abi_version_")
             .replace('_', ".");
-        Ok(Self {
-            engine,
-            module,
-            abi_version,
-        })
+        Ok(Self { engine, module, abi_version })
     }
 
     /// Reads and compiles a `.wasm` (or `.wat`) file.
@@ -55,10 +49,7 @@ impl WasmModule {
 
     /// `(module, name)` of every function the module imports.
     pub fn imports(&self) -> Vec<(String, String)> {
-        self.module
-            .imports()
-            .map(|i| (i.module().to_string(), i.name().to_string()))
-            .collect()
+        self.module.imports().map(|i| (i.module().to_string(), i.name().to_string())).collect()
     }
 }
 
@@ -137,16 +128,9 @@ impl Vm {
             pending_done: Vec::new(),
         };
         let mut store = Store::new(&module.engine, state);
-        let instance = linker
-            .instantiate(&mut store, &module.module)
-            .map_err(|e| Error::Instantiate(format!("{e:?}")))?;
-        let mut vm = Self {
-            store,
-            instance,
-            next_context_id: 1,
-            dead: None,
-            abi_version: module.abi_version.clone(),
-        };
+        let instance =
+            linker.instantiate(&mut store, &module.module).map_err(|e| Error::Instantiate(format!("{e:?}")))?;
+        let mut vm = Self { store, instance, next_context_id: 1, dead: None, abi_version: module.abi_version.clone() };
         if vm.has_export("_initialize") {
             vm.call::<(), ()>("_initialize", 0, ())?;
             vm.call::<(i32, i32), i32>("main", 0, (0, 0))?;
@@ -182,10 +166,7 @@ impl Vm {
         };
         let typed = func
             .typed::<P, R>(&self.store)
-            .map_err(|e| Error::BadExport {
-                name: name.to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::BadExport { name: name.to_string(), message: e.to_string() })?;
         let st = self.store.data_mut();
         st.current = context_id;
         st.effective = None;
@@ -200,46 +181,23 @@ impl Vm {
                 let panic = (!st.panic_text.is_empty()).then(|| st.panic_text.join("\n"));
                 let trap = format!("{e:?}");
                 self.dead = Some(format!("trap in {name}: {e}"));
-                Err(Error::Trap {
-                    callback: name.to_string(),
-                    context_id,
-                    panic,
-                    trap,
-                })
+                Err(Error::Trap { callback: name.to_string(), context_id, panic, trap })
             }
         }
     }
 
-    fn call_action(
-        &mut self,
-        name: &'static str,
-        id: u32,
-        params: (i32, i32, i32),
-    ) -> Result<Action> {
-        Ok(self
-            .call::<_, i32>(name, id, params)?
-            .map_or(Action::Continue, |v| Action::from(v as u32)))
+    fn call_action(&mut self, name: &'static str, id: u32, params: (i32, i32, i32)) -> Result<Action> {
+        Ok(self.call::<_, i32>(name, id, params)?.map_or(Action::Continue, |v| Action::from(v as u32)))
     }
 
     fn call_action2(&mut self, name: &'static str, id: u32, params: (i32, i32)) -> Result<Action> {
-        Ok(self
-            .call::<_, i32>(name, id, params)?
-            .map_or(Action::Continue, |v| Action::from(v as u32)))
+        Ok(self.call::<_, i32>(name, id, params)?.map_or(Action::Continue, |v| Action::from(v as u32)))
     }
 
     fn ctx_mut(&mut self, id: u32, kind: ContextKind) -> Result<&mut ContextState> {
-        let ctx = self
-            .store
-            .data_mut()
-            .contexts
-            .get_mut(&id)
-            .ok_or(Error::UnknownContext(id))?;
+        let ctx = self.store.data_mut().contexts.get_mut(&id).ok_or(Error::UnknownContext(id))?;
         if ctx.kind != kind {
-            return Err(Error::WrongContextKind {
-                id,
-                expected: kind.name(),
-                actual: ctx.kind.name(),
-            });
+            return Err(Error::WrongContextKind { id, expected: kind.name(), actual: ctx.kind.name() });
         }
         Ok(ctx)
     }
@@ -248,10 +206,7 @@ impl Vm {
         let root_id = self.ctx_mut(root, ContextKind::Root)?.root_id.clone();
         let id = self.next_context_id;
         self.next_context_id += 1;
-        self.store
-            .data_mut()
-            .contexts
-            .insert(id, ContextState::new(id, root, root_id, kind));
+        self.store.data_mut().contexts.insert(id, ContextState::new(id, root, root_id, kind));
         self.call::<(i32, i32), ()>("proxy_on_context_create", id, (id as i32, root as i32))?;
         Ok(id)
     }
@@ -260,11 +215,7 @@ impl Vm {
 
     /// Creates a root context for plugin `root_id` with its plugin configuration
     /// (`proxy_on_context_create(id, 0)`). Returns the new context id.
-    pub fn create_root_context(
-        &mut self,
-        root_id: &str,
-        plugin_configuration: impl Into<Vec<u8>>,
-    ) -> Result<u32> {
+    pub fn create_root_context(&mut self, root_id: &str, plugin_configuration: impl Into<Vec<u8>>) -> Result<u32> {
         let id = self.next_context_id;
         self.next_context_id += 1;
         let mut ctx = ContextState::new(id, 0, root_id.to_string(), ContextKind::Root);
@@ -278,15 +229,8 @@ impl Vm {
 
     /// Runs `f` with the root's plugin configuration readable (Envoy exposes it during the
     /// root's create / vm_start / configure callbacks only).
-    fn with_plugin_configuration<T>(
-        &mut self,
-        root: u32,
-        f: impl FnOnce(&mut Self) -> Result<T>,
-    ) -> Result<T> {
-        let config = self
-            .ctx_mut(root, ContextKind::Root)?
-            .plugin_configuration
-            .clone();
+    fn with_plugin_configuration<T>(&mut self, root: u32, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let config = self.ctx_mut(root, ContextKind::Root)?.plugin_configuration.clone();
         self.store.data_mut().plugin_configuration = Some(config);
         let result = f(self);
         self.store.data_mut().plugin_configuration = None;
@@ -304,10 +248,7 @@ impl Vm {
 
     /// `proxy_on_configure(root, plugin_configuration_size)` with the root's current configuration.
     pub fn on_configure(&mut self, root: u32) -> Result<bool> {
-        let size = self
-            .ctx_mut(root, ContextKind::Root)?
-            .plugin_configuration
-            .len() as i32;
+        let size = self.ctx_mut(root, ContextKind::Root)?.plugin_configuration.len() as i32;
         let r = self.with_plugin_configuration(root, |vm| {
             vm.call::<(i32, i32), i32>("proxy_on_configure", root, (root as i32, size))
         })?;
@@ -315,28 +256,16 @@ impl Vm {
     }
 
     /// Replaces a root's plugin configuration (call [`Vm::on_configure`] afterwards to reconfigure).
-    pub fn set_plugin_configuration(
-        &mut self,
-        root: u32,
-        configuration: impl Into<Vec<u8>>,
-    ) -> Result<()> {
+    pub fn set_plugin_configuration(&mut self, root: u32, configuration: impl Into<Vec<u8>>) -> Result<()> {
         self.ctx_mut(root, ContextKind::Root)?.plugin_configuration = configuration.into();
         Ok(())
     }
 
     /// What Envoy does per plugin: create the root context, `on_vm_start`, `on_configure`.
     /// Either returning false is [`Error::Rejected`].
-    pub fn start_root(
-        &mut self,
-        root_id: &str,
-        plugin_configuration: impl Into<Vec<u8>>,
-    ) -> Result<u32> {
+    pub fn start_root(&mut self, root_id: &str, plugin_configuration: impl Into<Vec<u8>>) -> Result<u32> {
         let id = self.create_root_context(root_id, plugin_configuration)?;
-        let rejected = |callback| Error::Rejected {
-            callback,
-            context_id: id,
-            root_id: root_id.to_string(),
-        };
+        let rejected = |callback| Error::Rejected { callback, context_id: id, root_id: root_id.to_string() };
         if !self.on_vm_start(id)? {
             return Err(rejected("proxy_on_vm_start"));
         }
@@ -369,21 +298,12 @@ impl Vm {
 
     /// Delivers request headers. They stay readable/writable until the callback returns
     /// `Continue` (or the module continues the stream), as in Envoy.
-    pub fn on_request_headers(
-        &mut self,
-        id: u32,
-        headers: HeaderMap,
-        end_of_stream: bool,
-    ) -> Result<Action> {
+    pub fn on_request_headers(&mut self, id: u32, headers: HeaderMap, end_of_stream: bool) -> Result<Action> {
         let ctx = self.ctx_mut(id, ContextKind::Http)?;
         let n = headers.len() as i32;
         ctx.request_headers = headers;
         ctx.live.request_headers = true;
-        let action = self.call_action(
-            "proxy_on_request_headers",
-            id,
-            (id as i32, n, end_of_stream as i32),
-        )?;
+        let action = self.call_action("proxy_on_request_headers", id, (id as i32, n, end_of_stream as i32))?;
         if action == Action::Continue {
             self.ctx_mut(id, ContextKind::Http)?.live.request_headers = false;
         }
@@ -392,12 +312,7 @@ impl Vm {
 
     /// Delivers a request body chunk. After a `Pause` (StopIterationAndBuffer) the next chunk
     /// is appended to the buffered body, as Envoy buffers it.
-    pub fn on_request_body(
-        &mut self,
-        id: u32,
-        chunk: &[u8],
-        end_of_stream: bool,
-    ) -> Result<Action> {
+    pub fn on_request_body(&mut self, id: u32, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
         self.body(id, true, chunk, end_of_stream)
     }
 
@@ -415,21 +330,12 @@ impl Vm {
     }
 
     /// Delivers response headers.
-    pub fn on_response_headers(
-        &mut self,
-        id: u32,
-        headers: HeaderMap,
-        end_of_stream: bool,
-    ) -> Result<Action> {
+    pub fn on_response_headers(&mut self, id: u32, headers: HeaderMap, end_of_stream: bool) -> Result<Action> {
         let ctx = self.ctx_mut(id, ContextKind::Http)?;
         let n = headers.len() as i32;
         ctx.response_headers = headers;
         ctx.live.response_headers = true;
-        let action = self.call_action(
-            "proxy_on_response_headers",
-            id,
-            (id as i32, n, end_of_stream as i32),
-        )?;
+        let action = self.call_action("proxy_on_response_headers", id, (id as i32, n, end_of_stream as i32))?;
         if action == Action::Continue {
             self.ctx_mut(id, ContextKind::Http)?.live.response_headers = false;
         }
@@ -437,12 +343,7 @@ impl Vm {
     }
 
     /// Delivers a response body chunk (same buffering rule as requests).
-    pub fn on_response_body(
-        &mut self,
-        id: u32,
-        chunk: &[u8],
-        end_of_stream: bool,
-    ) -> Result<Action> {
+    pub fn on_response_body(&mut self, id: u32, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
         self.body(id, false, chunk, end_of_stream)
     }
 
@@ -459,29 +360,15 @@ impl Vm {
         Ok(action)
     }
 
-    fn body(
-        &mut self,
-        id: u32,
-        request: bool,
-        chunk: &[u8],
-        end_of_stream: bool,
-    ) -> Result<Action> {
+    fn body(&mut self, id: u32, request: bool, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
         let ctx = self.ctx_mut(id, ContextKind::Http)?;
         let live = &mut ctx.live;
         let (buf, buffering, name) = if request {
             live.request_body = true;
-            (
-                &mut ctx.request_body,
-                &mut live.buffering_request_body,
-                "proxy_on_request_body",
-            )
+            (&mut ctx.request_body, &mut live.buffering_request_body, "proxy_on_request_body")
         } else {
             live.response_body = true;
-            (
-                &mut ctx.response_body,
-                &mut live.buffering_response_body,
-                "proxy_on_response_body",
-            )
+            (&mut ctx.response_body, &mut live.buffering_response_body, "proxy_on_response_body")
         };
         if !*buffering {
             buf.clear();
@@ -508,13 +395,7 @@ impl Vm {
     /// trailers are readable (read-only) again; request trailers are not.
     pub fn on_log(&mut self, id: u32) -> Result<()> {
         self.context(id).ok_or(Error::UnknownContext(id))?;
-        self.store
-            .data_mut()
-            .contexts
-            .get_mut(&id)
-            .ok_or(Error::UnknownContext(id))?
-            .live
-            .access_log_phase = true;
+        self.store.data_mut().contexts.get_mut(&id).ok_or(Error::UnknownContext(id))?.live.access_log_phase = true;
         let r = self.call::<i32, ()>("proxy_on_log", id, id as i32);
         if let Some(ctx) = self.store.data_mut().contexts.get_mut(&id) {
             ctx.live.access_log_phase = false;
@@ -526,9 +407,7 @@ impl Vm {
     /// module's `proxy_done()`.
     pub fn on_done(&mut self, id: u32) -> Result<bool> {
         let kind = self.context(id).ok_or(Error::UnknownContext(id))?.kind;
-        let done = self
-            .call::<i32, i32>("proxy_on_done", id, id as i32)?
-            .is_none_or(|v| v != 0);
+        let done = self.call::<i32, i32>("proxy_on_done", id, id as i32)?.is_none_or(|v| v != 0);
         if kind == ContextKind::Root && !done {
             self.store.data_mut().pending_done.push(id);
         }
@@ -539,11 +418,7 @@ impl Vm {
     pub fn on_delete(&mut self, id: u32) -> Result<ContextState> {
         self.context(id).ok_or(Error::UnknownContext(id))?;
         self.call::<i32, ()>("proxy_on_delete", id, id as i32)?;
-        self.store
-            .data_mut()
-            .contexts
-            .remove(&id)
-            .ok_or(Error::UnknownContext(id))
+        self.store.data_mut().contexts.remove(&id).ok_or(Error::UnknownContext(id))
     }
 
     /// Ends a context in Envoy's order: HTTP `on_log, on_done, on_delete`; stream (TCP)
@@ -568,12 +443,7 @@ impl Vm {
     /// A whole header-only exchange on a new HTTP context: request headers (end of stream),
     /// response headers (end of stream), then [`Vm::finish`]. Returns the final context state
     /// (headers as modified, host-call counts, local response).
-    pub fn http_roundtrip(
-        &mut self,
-        root: u32,
-        request: HeaderMap,
-        response: HeaderMap,
-    ) -> Result<ContextState> {
+    pub fn http_roundtrip(&mut self, root: u32, request: HeaderMap, response: HeaderMap) -> Result<ContextState> {
         let id = self.create_http_context(root)?;
         self.on_request_headers(id, request, true)?;
         self.on_response_headers(id, response, true)?;
@@ -596,45 +466,21 @@ impl Vm {
     }
 
     /// Delivers downstream bytes (appended to what a paused callback left in the buffer).
-    pub fn on_downstream_data(
-        &mut self,
-        id: u32,
-        data: &[u8],
-        end_of_stream: bool,
-    ) -> Result<Action> {
+    pub fn on_downstream_data(&mut self, id: u32, data: &[u8], end_of_stream: bool) -> Result<Action> {
         self.stream_data(id, true, data, end_of_stream)
     }
 
     /// Delivers upstream bytes.
-    pub fn on_upstream_data(
-        &mut self,
-        id: u32,
-        data: &[u8],
-        end_of_stream: bool,
-    ) -> Result<Action> {
+    pub fn on_upstream_data(&mut self, id: u32, data: &[u8], end_of_stream: bool) -> Result<Action> {
         self.stream_data(id, false, data, end_of_stream)
     }
 
-    fn stream_data(
-        &mut self,
-        id: u32,
-        downstream: bool,
-        data: &[u8],
-        end_of_stream: bool,
-    ) -> Result<Action> {
+    fn stream_data(&mut self, id: u32, downstream: bool, data: &[u8], end_of_stream: bool) -> Result<Action> {
         let ctx = self.ctx_mut(id, ContextKind::Stream)?;
         let (buf, live, name) = if downstream {
-            (
-                &mut ctx.downstream_data,
-                &mut ctx.live.downstream_data,
-                "proxy_on_downstream_data",
-            )
+            (&mut ctx.downstream_data, &mut ctx.live.downstream_data, "proxy_on_downstream_data")
         } else {
-            (
-                &mut ctx.upstream_data,
-                &mut ctx.live.upstream_data,
-                "proxy_on_upstream_data",
-            )
+            (&mut ctx.upstream_data, &mut ctx.live.upstream_data, "proxy_on_upstream_data")
         };
         if !*live {
             buf.clear();
@@ -645,11 +491,7 @@ impl Vm {
         let action = self.call_action(name, id, (id as i32, size, end_of_stream as i32))?;
         if action == Action::Continue {
             let live = &mut self.ctx_mut(id, ContextKind::Stream)?.live;
-            *(if downstream {
-                &mut live.downstream_data
-            } else {
-                &mut live.upstream_data
-            }) = false;
+            *(if downstream { &mut live.downstream_data } else { &mut live.upstream_data }) = false;
         }
         Ok(action)
     }
@@ -657,22 +499,14 @@ impl Vm {
     /// `proxy_on_downstream_connection_close(id, peer)`.
     pub fn on_downstream_connection_close(&mut self, id: u32, peer: PeerType) -> Result<()> {
         self.ctx_mut(id, ContextKind::Stream)?;
-        self.call::<(i32, i32), ()>(
-            "proxy_on_downstream_connection_close",
-            id,
-            (id as i32, peer as i32),
-        )?;
+        self.call::<(i32, i32), ()>("proxy_on_downstream_connection_close", id, (id as i32, peer as i32))?;
         Ok(())
     }
 
     /// `proxy_on_upstream_connection_close(id, peer)`.
     pub fn on_upstream_connection_close(&mut self, id: u32, peer: PeerType) -> Result<()> {
         self.ctx_mut(id, ContextKind::Stream)?;
-        self.call::<(i32, i32), ()>(
-            "proxy_on_upstream_connection_close",
-            id,
-            (id as i32, peer as i32),
-        )?;
+        self.call::<(i32, i32), ()>("proxy_on_upstream_connection_close", id, (id as i32, peer as i32))?;
         Ok(())
     }
 
@@ -690,27 +524,16 @@ impl Vm {
 
     /// Sets a VM-wide property, e.g. `set_property(&["node", "id"], b"n1")`.
     pub fn set_property(&mut self, path: &[&str], value: impl Into<Vec<u8>>) {
-        self.store
-            .data_mut()
-            .properties
-            .insert(property_path(path), value.into());
+        self.store.data_mut().properties.insert(property_path(path), value.into());
     }
 
     /// Removes a VM-wide property.
     pub fn remove_property(&mut self, path: &[&str]) {
-        self.store
-            .data_mut()
-            .properties
-            .remove(&property_path(path));
+        self.store.data_mut().properties.remove(&property_path(path));
     }
 
     /// Sets a property for one context only (Envoy properties are per stream); shadows VM-wide ones.
-    pub fn set_context_property(
-        &mut self,
-        id: u32,
-        path: &[&str],
-        value: impl Into<Vec<u8>>,
-    ) -> Result<()> {
+    pub fn set_context_property(&mut self, id: u32, path: &[&str], value: impl Into<Vec<u8>>) -> Result<()> {
         let ctx = self.context_mut(id).ok_or(Error::UnknownContext(id))?;
         ctx.properties.insert(property_path(path), value.into());
         Ok(())

@@ -35,26 +35,14 @@ fn run(
 const W: &str = "wasi_snapshot_preview1";
 
 pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    l.func_wrap(
-        W,
-        "fd_write",
-        |mut c: Ctx<'_>, fd: i32, iovs: i32, n: i32, nwritten: i32| {
-            run(&mut c, "fd_write", |c| fd_write(c, fd, iovs, n, nwritten))
-        },
-    )?;
-    l.func_wrap(
-        W,
-        "fd_read",
-        |mut c: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| run(&mut c, "fd_read", |_| Ok(ENOSYS)),
-    )?;
-    l.func_wrap(
-        W,
-        "fd_seek",
-        |mut c: Ctx<'_>, _: i32, _: i64, _: i32, _: i32| run(&mut c, "fd_seek", |_| Ok(ESUCCESS)),
-    )?;
-    l.func_wrap(W, "fd_close", |mut c: Ctx<'_>, _: i32| {
-        run(&mut c, "fd_close", |_| Ok(ESUCCESS))
+    l.func_wrap(W, "fd_write", |mut c: Ctx<'_>, fd: i32, iovs: i32, n: i32, nwritten: i32| {
+        run(&mut c, "fd_write", |c| fd_write(c, fd, iovs, n, nwritten))
     })?;
+    l.func_wrap(W, "fd_read", |mut c: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| run(&mut c, "fd_read", |_| Ok(ENOSYS)))?;
+    l.func_wrap(W, "fd_seek", |mut c: Ctx<'_>, _: i32, _: i64, _: i32, _: i32| {
+        run(&mut c, "fd_seek", |_| Ok(ESUCCESS))
+    })?;
+    l.func_wrap(W, "fd_close", |mut c: Ctx<'_>, _: i32| run(&mut c, "fd_close", |_| Ok(ESUCCESS)))?;
     l.func_wrap(W, "fd_fdstat_get", |mut c: Ctx<'_>, fd: i32, ptr: i32| {
         run(&mut c, "fd_fdstat_get", |c| {
             if fd != 1 && fd != 2 {
@@ -67,14 +55,10 @@ pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(ESUCCESS)
         })
     })?;
-    l.func_wrap(W, "fd_prestat_get", |mut c: Ctx<'_>, _: i32, _: i32| {
-        run(&mut c, "fd_prestat_get", |_| Ok(EBADF))
+    l.func_wrap(W, "fd_prestat_get", |mut c: Ctx<'_>, _: i32, _: i32| run(&mut c, "fd_prestat_get", |_| Ok(EBADF)))?;
+    l.func_wrap(W, "fd_prestat_dir_name", |mut c: Ctx<'_>, _: i32, _: i32, _: i32| {
+        run(&mut c, "fd_prestat_dir_name", |_| Ok(ENOSYS))
     })?;
-    l.func_wrap(
-        W,
-        "fd_prestat_dir_name",
-        |mut c: Ctx<'_>, _: i32, _: i32, _: i32| run(&mut c, "fd_prestat_dir_name", |_| Ok(ENOSYS)),
-    )?;
     l.func_wrap(
         W,
         "path_open",
@@ -82,65 +66,47 @@ pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             run(&mut c, "path_open", |_| Ok(ENOENT))
         },
     )?;
-    l.func_wrap(
-        W,
-        "environ_sizes_get",
-        |mut c: Ctx<'_>, count_ptr: i32, size_ptr: i32| {
-            run(&mut c, "environ_sizes_get", |c| {
-                let env = &c.data().env;
-                let count = env.len() as u32;
-                let size: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-                write_u32(c, "environ_sizes_get", count_ptr, count)?;
-                write_u32(c, "environ_sizes_get", size_ptr, size as u32)?;
-                Ok(ESUCCESS)
-            })
-        },
-    )?;
-    l.func_wrap(
-        W,
-        "environ_get",
-        |mut c: Ctx<'_>, mut array: i32, mut buf: i32| {
-            run(&mut c, "environ_get", |c| {
-                for (k, v) in c.data().env.clone() {
-                    let entry = format!("{k}={v}\0");
-                    write_u32(c, "environ_get", array, buf as u32)?;
-                    write(c, "environ_get", buf, entry.as_bytes())?;
-                    buf = buf.wrapping_add(entry.len() as i32);
-                    array = array.wrapping_add(4);
-                }
-                Ok(ESUCCESS)
-            })
-        },
-    )?;
-    l.func_wrap(
-        W,
-        "args_sizes_get",
-        |mut c: Ctx<'_>, argc: i32, size: i32| {
-            run(&mut c, "args_sizes_get", |c| {
-                write_u32(c, "args_sizes_get", argc, 0)?;
-                write_u32(c, "args_sizes_get", size, 0)?;
-                Ok(ESUCCESS)
-            })
-        },
-    )?;
-    l.func_wrap(W, "args_get", |mut c: Ctx<'_>, _: i32, _: i32| {
-        run(&mut c, "args_get", |_| Ok(ESUCCESS))
+    l.func_wrap(W, "environ_sizes_get", |mut c: Ctx<'_>, count_ptr: i32, size_ptr: i32| {
+        run(&mut c, "environ_sizes_get", |c| {
+            let env = &c.data().env;
+            let count = env.len() as u32;
+            let size: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+            write_u32(c, "environ_sizes_get", count_ptr, count)?;
+            write_u32(c, "environ_sizes_get", size_ptr, size as u32)?;
+            Ok(ESUCCESS)
+        })
     })?;
-    l.func_wrap(
-        W,
-        "clock_time_get",
-        |mut c: Ctx<'_>, id: i32, _precision: i64, ptr: i32| {
-            run(&mut c, "clock_time_get", |c| {
-                let now = match id {
-                    0 => c.data().realtime_ns,
-                    1 => c.data().monotonic_ns,
-                    _ => return Ok(ENOTSUP),
-                };
-                write_u64(c, "clock_time_get", ptr, now)?;
-                Ok(ESUCCESS)
-            })
-        },
-    )?;
+    l.func_wrap(W, "environ_get", |mut c: Ctx<'_>, mut array: i32, mut buf: i32| {
+        run(&mut c, "environ_get", |c| {
+            for (k, v) in c.data().env.clone() {
+                let entry = format!("{k}={v}\0");
+                write_u32(c, "environ_get", array, buf as u32)?;
+                write(c, "environ_get", buf, entry.as_bytes())?;
+                buf = buf.wrapping_add(entry.len() as i32);
+                array = array.wrapping_add(4);
+            }
+            Ok(ESUCCESS)
+        })
+    })?;
+    l.func_wrap(W, "args_sizes_get", |mut c: Ctx<'_>, argc: i32, size: i32| {
+        run(&mut c, "args_sizes_get", |c| {
+            write_u32(c, "args_sizes_get", argc, 0)?;
+            write_u32(c, "args_sizes_get", size, 0)?;
+            Ok(ESUCCESS)
+        })
+    })?;
+    l.func_wrap(W, "args_get", |mut c: Ctx<'_>, _: i32, _: i32| run(&mut c, "args_get", |_| Ok(ESUCCESS)))?;
+    l.func_wrap(W, "clock_time_get", |mut c: Ctx<'_>, id: i32, _precision: i64, ptr: i32| {
+        run(&mut c, "clock_time_get", |c| {
+            let now = match id {
+                0 => c.data().realtime_ns,
+                1 => c.data().monotonic_ns,
+                _ => return Ok(ENOTSUP),
+            };
+            write_u64(c, "clock_time_get", ptr, now)?;
+            Ok(ESUCCESS)
+        })
+    })?;
     l.func_wrap(W, "random_get", |mut c: Ctx<'_>, ptr: i32, len: i32| {
         run(&mut c, "random_get", |c| {
             if !in_bounds(c, ptr, len) {
@@ -151,14 +117,10 @@ pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(ESUCCESS)
         })
     })?;
-    l.func_wrap(
-        W,
-        "proc_exit",
-        |mut c: Ctx<'_>, code: i32| -> wasmtime::Result<()> {
-            enter(&mut c, "proc_exit")?;
-            Err(wasmtime::Error::msg(format!("proc_exit({code})")))
-        },
-    )?;
+    l.func_wrap(W, "proc_exit", |mut c: Ctx<'_>, code: i32| -> wasmtime::Result<()> {
+        enter(&mut c, "proc_exit")?;
+        Err(wasmtime::Error::msg(format!("proc_exit({code})")))
+    })?;
     Ok(())
 }
 
@@ -172,12 +134,7 @@ fn fd_write(c: &mut Ctx<'_>, fd: i32, iovs: i32, n: i32, nwritten: i32) -> Resul
     };
     let mut text = Vec::new();
     for i in 0..n as u32 {
-        let iov = read(
-            c,
-            "fd_write",
-            iovs.wrapping_add(i.wrapping_mul(8) as i32),
-            8,
-        )?;
+        let iov = read(c, "fd_write", iovs.wrapping_add(i.wrapping_mul(8) as i32), 8)?;
         let word = |at: usize| {
             let b: Option<[u8; 4]> = iov.get(at..at + 4).and_then(|b| b.try_into().ok());
             b.map_or(0, i32::from_le_bytes)
@@ -198,11 +155,7 @@ fn fd_write(c: &mut Ctx<'_>, fd: i32, iovs: i32, n: i32, nwritten: i32) -> Resul
             st.panic_text.push(message.clone());
         }
         let context_id = st.active_id();
-        st.record(Effect::Log {
-            context_id,
-            level,
-            message,
-        });
+        st.record(Effect::Log { context_id, level, message });
     }
     Ok(ESUCCESS)
 }

@@ -1,18 +1,13 @@
 //! Tests of the mocked host itself, driven with tiny WAT modules.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
 use common::{data, escape, module, vm};
 use wasm_tests::{
-    Action, ContextKind, Effect, Error, Failure, HeaderMap, HeaderOp, LogLevel, MapType,
-    MetricType, PeerType, Status, StreamType, Vm, VmConfig, WasmModule, abi,
+    Action, ContextKind, Effect, Error, Failure, HeaderMap, HeaderOp, LogLevel, MapType, MetricType, PeerType, Status,
+    StreamType, Vm, VmConfig, WasmModule, abi,
 };
 
 /// A WAT callback that returns a host status as its action value.
@@ -53,36 +48,12 @@ fn http_lifecycle_follows_envoy_order() {
         logging_cb("proxy_on_context_create", 2, None, 1024, "create"),
         logging_cb("proxy_on_vm_start", 2, Some(1), 1040, "vm_start"),
         logging_cb("proxy_on_configure", 2, Some(1), 1056, "configure"),
-        logging_cb(
-            "proxy_on_request_headers",
-            3,
-            Some(0),
-            1072,
-            "request_headers",
-        ),
+        logging_cb("proxy_on_request_headers", 3, Some(0), 1072, "request_headers"),
         logging_cb("proxy_on_request_body", 3, Some(0), 1096, "request_body"),
-        logging_cb(
-            "proxy_on_request_trailers",
-            2,
-            Some(0),
-            1120,
-            "request_trailers",
-        ),
-        logging_cb(
-            "proxy_on_response_headers",
-            3,
-            Some(0),
-            1144,
-            "response_headers",
-        ),
+        logging_cb("proxy_on_request_trailers", 2, Some(0), 1120, "request_trailers"),
+        logging_cb("proxy_on_response_headers", 3, Some(0), 1144, "response_headers"),
         logging_cb("proxy_on_response_body", 3, Some(0), 1168, "response_body"),
-        logging_cb(
-            "proxy_on_response_trailers",
-            2,
-            Some(0),
-            1192,
-            "response_trailers",
-        ),
+        logging_cb("proxy_on_response_trailers", 2, Some(0), 1192, "response_trailers"),
         logging_cb("proxy_on_log", 1, None, 1216, "log"),
         logging_cb("proxy_on_done", 1, Some(1), 1232, "done"),
         logging_cb("proxy_on_delete", 1, None, 1248, "delete"),
@@ -93,16 +64,10 @@ fn http_lifecycle_follows_envoy_order() {
     let root = vm.start_root("r", b"cfg".to_vec()).unwrap();
     let h = vm.create_http_context(root).unwrap();
     assert_ne!(h, root);
-    assert_eq!(
-        vm.on_request_headers(h, HeaderMap::from_pairs([(":path", "/")]), false)
-            .unwrap(),
-        Action::Continue
-    );
+    assert_eq!(vm.on_request_headers(h, HeaderMap::from_pairs([(":path", "/")]), false).unwrap(), Action::Continue);
     vm.on_request_body(h, b"abc", false).unwrap();
-    vm.on_request_trailers(h, HeaderMap::from_pairs([("t", "1")]))
-        .unwrap();
-    vm.on_response_headers(h, HeaderMap::from_pairs([(":status", "200")]), false)
-        .unwrap();
+    vm.on_request_trailers(h, HeaderMap::from_pairs([("t", "1")])).unwrap();
+    vm.on_response_headers(h, HeaderMap::from_pairs([(":status", "200")]), false).unwrap();
     vm.on_response_body(h, b"xyz", false).unwrap();
     vm.on_response_trailers(h, HeaderMap::new()).unwrap();
     let state = vm.finish(h).unwrap();
@@ -138,10 +103,7 @@ fn http_lifecycle_follows_envoy_order() {
         .collect();
     assert_eq!(&ctxs[..4], &[root, root, root, h]);
     assert!(matches!(vm.finish(h), Err(Error::UnknownContext(_))));
-    assert!(matches!(
-        vm.on_request_headers(root, HeaderMap::new(), true),
-        Err(Error::WrongContextKind { .. })
-    ));
+    assert!(matches!(vm.on_request_headers(root, HeaderMap::new(), true), Err(Error::WrongContextKind { .. })));
 }
 
 #[test]
@@ -174,32 +136,20 @@ fn stream_lifecycle_and_data_buffers() {
     let root = vm.start_root("tcp", vec![]).unwrap();
     let s = vm.create_stream_context(root).unwrap();
     assert_eq!(vm.on_new_connection(s).unwrap(), Action::Continue);
-    assert_eq!(
-        vm.on_downstream_data(s, b"hel", false).unwrap(),
-        Action::Pause
-    );
-    assert_eq!(
-        vm.on_downstream_data(s, b"lo", false).unwrap(),
-        Action::Continue
-    );
+    assert_eq!(vm.on_downstream_data(s, b"hel", false).unwrap(), Action::Pause);
+    assert_eq!(vm.on_downstream_data(s, b"lo", false).unwrap(), Action::Continue);
     assert_eq!(vm.context(s).unwrap().downstream_data, b"P:hello");
-    assert_eq!(
-        vm.on_upstream_data(s, b"up", true).unwrap(),
-        Action::Continue
-    );
+    assert_eq!(vm.on_upstream_data(s, b"up", true).unwrap(), Action::Continue);
     assert_eq!(vm.context(s).unwrap().upstream_data, b"up!");
-    vm.on_downstream_connection_close(s, PeerType::Remote)
-        .unwrap();
+    vm.on_downstream_connection_close(s, PeerType::Remote).unwrap();
     vm.on_upstream_connection_close(s, PeerType::Local).unwrap();
     assert_eq!(messages(&vm), ["hello", "ds_closed", "us_closed"]);
     vm.finish(s).unwrap();
-    assert!(vm.effects().iter().any(|e| matches!(
-        e,
-        Effect::BufferWrite {
-            buffer: wasm_tests::BufferType::DownstreamData,
-            ..
-        }
-    )));
+    assert!(
+        vm.effects()
+            .iter()
+            .any(|e| matches!(e, Effect::BufferWrite { buffer: wasm_tests::BufferType::DownstreamData, .. }))
+    );
 }
 
 #[test]
@@ -251,10 +201,7 @@ fn header_map_calls_and_binary_values() {
         (b"x-copy".to_vec(), vec![0xff, 0x00, 0xfe]),
         (b"x-a".to_vec(), b"new".to_vec()),
     ];
-    assert_eq!(
-        got, want,
-        "replace drops every old value and appends (Envoy setCopy)"
-    );
+    assert_eq!(got, want, "replace drops every old value and appends (Envoy setCopy)");
     // The exact wire bytes the module received, built by hand here.
     let mut wire = Vec::new();
     wire.extend_from_slice(&4u32.to_le_bytes());
@@ -273,21 +220,12 @@ fn header_map_calls_and_binary_values() {
         .effects()
         .iter()
         .filter_map(|e| match e {
-            Effect::HeaderMap {
-                map: MapType::HttpRequestHeaders,
-                op,
-                ..
-            } => Some(op),
+            Effect::HeaderMap { map: MapType::HttpRequestHeaders, op, .. } => Some(op),
             _ => None,
         })
         .collect();
     assert_eq!(ops.len(), 3);
-    assert_eq!(
-        ops[2],
-        &HeaderOp::Remove {
-            key: b"x-gone".to_vec()
-        }
-    );
+    assert_eq!(ops[2], &HeaderOp::Remove { key: b"x-gone".to_vec() });
 }
 
 #[test]
@@ -305,14 +243,9 @@ fn set_header_map_pairs_replaces_the_map() {
     let mut vm = vm(&body);
     let root = vm.start_root("r", vec![]).unwrap();
     let h = vm.create_http_context(root).unwrap();
-    let action = vm
-        .on_response_headers(h, HeaderMap::from_pairs([("old", "x")]), true)
-        .unwrap();
+    let action = vm.on_response_headers(h, HeaderMap::from_pairs([("old", "x")]), true).unwrap();
     assert_eq!(action, Action::Other(4), "byte size of a1 b2");
-    assert_eq!(
-        vm.context(h).unwrap().response_headers,
-        HeaderMap::from_pairs([("a", "1"), ("b", "2")])
-    );
+    assert_eq!(vm.context(h).unwrap().response_headers, HeaderMap::from_pairs([("a", "1"), ("b", "2")]));
 }
 
 #[test]
@@ -345,15 +278,9 @@ fn maps_are_only_reachable_while_envoy_holds_them() {
     let root = vm.start_root("r", vec![]).unwrap();
     let h = vm.create_http_context(root).unwrap();
     let req = HeaderMap::from_pairs([("a", "1")]);
-    assert_eq!(
-        vm.on_request_headers(h, req, true).unwrap(),
-        Action::Continue
-    );
+    assert_eq!(vm.on_request_headers(h, req, true).unwrap(), Action::Continue);
     // Request headers are gone after Continue: Envoy answers BadArgument (the SDK then panics).
-    assert_eq!(
-        vm.on_response_headers(h, HeaderMap::new(), true).unwrap(),
-        status(Status::BadArgument)
-    );
+    assert_eq!(vm.on_response_headers(h, HeaderMap::new(), true).unwrap(), status(Status::BadArgument));
     vm.on_log(h).unwrap();
     // Access-log phase: request headers readable again (Ok=0); request trailers NotFound (1).
     assert_eq!(messages(&vm), ["0", "1"]);
@@ -379,65 +306,35 @@ fn properties_per_context_and_builtins_with_several_roots() {
           (drop (call $set_prop (i32.const 1072) (i32.const 3) (i32.const 1080) (i32.const 5)))
           (i32.const 0))
         "#,
-        [
-            data(1024, "plugin_root_id"),
-            data(1040, "request\0path"),
-            data(1072, "out"),
-            data(1080, "value")
-        ]
-        .join("")
+        [data(1024, "plugin_root_id"), data(1040, "request\0path"), data(1072, "out"), data(1080, "value")].join("")
     );
     let mut vm = vm(&body);
     let alpha = vm.start_root("alpha", vec![]).unwrap();
     let beta = vm.start_root("beta", vec![]).unwrap();
     assert_eq!(messages(&vm), ["alpha", "beta"]);
-    assert!(vm.effects().iter().any(|e| matches!(
-        e,
-        Effect::PropertySet {
-            status: Status::NotFound,
-            ..
-        }
-    )));
+    assert!(vm.effects().iter().any(|e| matches!(e, Effect::PropertySet { status: Status::NotFound, .. })));
 
     vm.set_property(&["request", "path"], b"/global".to_vec());
     let h1 = vm.create_http_context(beta).unwrap();
     let h2 = vm.create_http_context(alpha).unwrap();
-    vm.set_context_property(h1, &["request", "path"], b"/mine".to_vec())
-        .unwrap();
+    vm.set_context_property(h1, &["request", "path"], b"/mine".to_vec()).unwrap();
     vm.take_effects();
     vm.on_request_headers(h1, HeaderMap::new(), true).unwrap();
     vm.on_request_headers(h2, HeaderMap::new(), true).unwrap();
     assert_eq!(messages(&vm), ["beta", "/mine", "alpha", "/global"]);
     assert_eq!(vm.property(h1, &["out"]).unwrap(), b"value");
-    assert_eq!(
-        vm.property(beta, &["out"]),
-        None,
-        "module-set properties are per stream"
-    );
+    assert_eq!(vm.property(beta, &["out"]), None, "module-set properties are per stream");
 
     // Failure injection: the property read fails once, then works again.
     vm.inject(Failure::property(&["request", "path"], Status::InternalFailure).times(1));
     let h3 = vm.create_http_context(alpha).unwrap();
-    assert_eq!(
-        vm.on_request_headers(h3, HeaderMap::new(), true).unwrap(),
-        Action::Other(10)
-    );
-    assert_eq!(
-        vm.on_request_headers(h3, HeaderMap::new(), true).unwrap(),
-        Action::Continue
-    );
+    assert_eq!(vm.on_request_headers(h3, HeaderMap::new(), true).unwrap(), Action::Other(10));
+    assert_eq!(vm.on_request_headers(h3, HeaderMap::new(), true).unwrap(), Action::Continue);
     vm.remove_property(&["request", "path"]);
-    assert_eq!(
-        vm.on_request_headers(h3, HeaderMap::new(), true).unwrap(),
-        status(Status::NotFound)
-    );
+    assert_eq!(vm.on_request_headers(h3, HeaderMap::new(), true).unwrap(), status(Status::NotFound));
     assert!(vm.effects().iter().any(|e| matches!(
         e,
-        Effect::InjectedFailure {
-            hostcall: "proxy_get_property",
-            status: Status::InternalFailure,
-            ..
-        }
+        Effect::InjectedFailure { hostcall: "proxy_get_property", status: Status::InternalFailure, .. }
     )));
 }
 
@@ -457,24 +354,14 @@ fn plugin_and_vm_configuration_buffers() {
           (call $get_buf (i32.const 7) (i32.const 0) (i32.const 100) (i32.const 0) (i32.const 4)))
     "#;
     let module = module(body);
-    let config = VmConfig {
-        vm_configuration: b"vmconf".to_vec(),
-        ..VmConfig::default()
-    };
+    let config = VmConfig { vm_configuration: b"vmconf".to_vec(), ..VmConfig::default() };
     let mut vm = Vm::new(&module, config).unwrap();
     let root = vm.start_root("r", b"{json}".to_vec()).unwrap();
     assert_eq!(messages(&vm), ["vmconf", "json}"]);
     let h = vm.create_http_context(root).unwrap();
-    assert_eq!(
-        vm.on_request_headers(h, HeaderMap::new(), true).unwrap(),
-        status(Status::NotFound)
-    );
+    assert_eq!(vm.on_request_headers(h, HeaderMap::new(), true).unwrap(), status(Status::NotFound));
     match vm.start_root("empty", vec![]) {
-        Err(Error::Rejected {
-            callback: "proxy_on_configure",
-            root_id,
-            ..
-        }) => assert_eq!(root_id, "empty"),
+        Err(Error::Rejected { callback: "proxy_on_configure", root_id, .. }) => assert_eq!(root_id, "empty"),
         other => panic!("expected rejection, got {other:?}"),
     }
     vm.set_plugin_configuration(root, b"x2".to_vec()).unwrap();
@@ -510,37 +397,21 @@ fn metrics_follow_envoy_rules() {
           (if (i64.ne (i64.load (i32.const 16)) (i64.const 1)) (then (local.set $bad (i32.or (local.get $bad) (i32.const 256)))))
           (local.get $bad))
         "#,
-        [
-            data(1024, "requests"),
-            data(1040, "active"),
-            data(1056, "latency_s")
-        ]
-        .join("")
+        [data(1024, "requests"), data(1040, "active"), data(1056, "latency_s")].join("")
     );
     let mut vm = vm(&body);
     let root = vm.start_root("r", vec![]).unwrap();
     let h = vm.create_http_context(root).unwrap();
-    assert_eq!(
-        vm.on_request_headers(h, HeaderMap::new(), true).unwrap(),
-        Action::Continue
-    );
+    assert_eq!(vm.on_request_headers(h, HeaderMap::new(), true).unwrap(), Action::Continue);
     let requests = vm.metric("requests").unwrap();
-    assert_eq!(
-        (requests.metric_type, requests.value),
-        (Some(MetricType::Counter), 1)
-    );
+    assert_eq!((requests.metric_type, requests.value), (Some(MetricType::Counter), 1));
     assert_eq!(vm.metric("active").unwrap().value, -3);
     assert_eq!(vm.metric("latency_s").unwrap().samples, vec![42]);
     let defined: Vec<(u32, MetricType, String)> = vm
         .effects()
         .iter()
         .filter_map(|e| match e {
-            Effect::MetricDefined {
-                id,
-                metric_type,
-                name,
-                ..
-            } => Some((*id, *metric_type, name.clone())),
+            Effect::MetricDefined { id, metric_type, name, .. } => Some((*id, *metric_type, name.clone())),
             _ => None,
         })
         .collect();
@@ -575,33 +446,17 @@ fn shared_data_cas_through_the_abi() {
           ;; missing key -> NotFound
           (call $get_shared (i32.const 1048) (i32.const 7) (i32.const 0) (i32.const 4) (i32.const 8)))
         "#,
-        [
-            data(1024, "k"),
-            data(1032, "v1"),
-            data(1040, "v2"),
-            data(1048, "missing")
-        ]
-        .join("")
+        [data(1024, "k"), data(1032, "v1"), data(1040, "v2"), data(1048, "missing")].join("")
     );
     let module = module(&body);
     let shared = wasm_tests::SharedData::default();
-    let config = VmConfig {
-        shared_data: shared.clone(),
-        ..VmConfig::default()
-    };
+    let config = VmConfig { shared_data: shared.clone(), ..VmConfig::default() };
     let mut vm = Vm::new(&module, config).unwrap();
     let root = vm.start_root("r", vec![]).unwrap();
     let h = vm.create_http_context(root).unwrap();
-    assert_eq!(
-        vm.on_request_headers(h, HeaderMap::new(), true).unwrap(),
-        status(Status::NotFound)
-    );
+    assert_eq!(vm.on_request_headers(h, HeaderMap::new(), true).unwrap(), status(Status::NotFound));
     assert_eq!(messages(&vm), ["v1"]);
-    assert_eq!(
-        shared.get("k").unwrap().0,
-        b"v2",
-        "the handle sees the module's writes"
-    );
+    assert_eq!(shared.get("k").unwrap().0, b"v2", "the handle sees the module's writes");
     let statuses: Vec<Status> = vm
         .effects()
         .iter()
@@ -625,31 +480,19 @@ fn foreign_functions_are_pluggable_and_recorded() {
           (drop (call $log (i32.const 2) (i32.load (i32.const 16)) (i32.load (i32.const 20))))
           (call $foreign (i32.const 1056) (i32.const 7) (i32.const 1040) (i32.const 3) (i32.const 0) (i32.const 4)))
         "#,
-        [
-            data(1024, "reverse"),
-            data(1040, "abc"),
-            data(1056, "unknown")
-        ]
-        .join("")
+        [data(1024, "reverse"), data(1040, "abc"), data(1056, "unknown")].join("")
     );
     let mut vm = vm(&body);
-    vm.register_foreign_function("reverse", |args| {
-        Ok(Some(args.iter().rev().copied().collect()))
-    });
+    vm.register_foreign_function("reverse", |args| Ok(Some(args.iter().rev().copied().collect())));
     let root = vm.start_root("r", vec![]).unwrap();
     let h = vm.create_http_context(root).unwrap();
-    assert_eq!(
-        vm.on_request_headers(h, HeaderMap::new(), true).unwrap(),
-        status(Status::NotFound)
-    );
+    assert_eq!(vm.on_request_headers(h, HeaderMap::new(), true).unwrap(), status(Status::NotFound));
     assert_eq!(messages(&vm), ["cba"]);
     let calls: Vec<(String, Vec<u8>, Status)> = vm
         .effects()
         .iter()
         .filter_map(|e| match e {
-            Effect::ForeignCall {
-                name, args, status, ..
-            } => Some((name.clone(), args.clone(), *status)),
+            Effect::ForeignCall { name, args, status, .. } => Some((name.clone(), args.clone(), *status)),
             _ => None,
         })
         .collect();
@@ -682,24 +525,15 @@ fn local_response_and_stream_control_are_recorded() {
     let mut vm = vm(&body);
     let root = vm.start_root("r", vec![]).unwrap();
     let h = vm.create_http_context(root).unwrap();
-    assert_eq!(
-        vm.on_request_headers(h, HeaderMap::new(), true).unwrap(),
-        status(Status::Unimplemented)
-    );
+    assert_eq!(vm.on_request_headers(h, HeaderMap::new(), true).unwrap(), status(Status::Unimplemented));
     let resp = vm.local_responses()[0].clone();
     assert_eq!(resp.status_code, 403);
     assert_eq!(resp.details, b"policy");
     assert_eq!(resp.body, b"no");
-    assert_eq!(
-        resp.headers,
-        vec![(b"x-reason".to_vec(), b"denied".to_vec())]
-    );
+    assert_eq!(resp.headers, vec![(b"x-reason".to_vec(), b"denied".to_vec())]);
     assert_eq!(resp.grpc_status, -1);
     assert_eq!(vm.context(h).unwrap().local_response.as_ref(), Some(&resp));
-    assert!(vm.effects().contains(&Effect::StreamClosed {
-        context_id: h,
-        stream: StreamType::HttpResponse
-    }));
+    assert!(vm.effects().contains(&Effect::StreamClosed { context_id: h, stream: StreamType::HttpResponse }));
 }
 
 #[test]
@@ -719,12 +553,7 @@ fn traps_surface_as_errors_and_kill_the_vm() {
     let root = vm.start_root("r", vec![]).unwrap();
     let h = vm.create_http_context(root).unwrap();
     match vm.on_request_headers(h, HeaderMap::new(), true) {
-        Err(Error::Trap {
-            callback,
-            context_id,
-            panic,
-            trap,
-        }) => {
+        Err(Error::Trap { callback, context_id, panic, trap }) => {
             assert_eq!(callback, "proxy_on_request_headers");
             assert_eq!(context_id, h);
             assert_eq!(panic.as_deref(), Some("panicked: boom"));
@@ -734,14 +563,8 @@ fn traps_surface_as_errors_and_kill_the_vm() {
     }
     assert!(vm.is_dead());
     assert_eq!(vm.stderr(), b"panicked: boom\n");
-    assert!(
-        vm.logs()
-            .contains(&(LogLevel::Error, "panicked: boom".to_string()))
-    );
-    assert!(matches!(
-        vm.create_http_context(root),
-        Err(Error::VmDead(_))
-    ));
+    assert!(vm.logs().contains(&(LogLevel::Error, "panicked: boom".to_string())));
+    assert!(matches!(vm.create_http_context(root), Err(Error::VmDead(_))));
 }
 
 #[test]
@@ -760,23 +583,11 @@ fn bad_pointers_get_invalid_memory_access_not_a_host_panic() {
     let mut vm = vm(body);
     let root = vm.start_root("r", vec![]).unwrap();
     let h = vm.create_http_context(root).unwrap();
-    assert_eq!(
-        vm.on_request_headers(h, HeaderMap::new(), true).unwrap(),
-        Action::Other(6)
-    );
-    assert_eq!(
-        vm.on_response_headers(h, HeaderMap::new(), true).unwrap(),
-        Action::Other(6)
-    );
+    assert_eq!(vm.on_request_headers(h, HeaderMap::new(), true).unwrap(), Action::Other(6));
+    assert_eq!(vm.on_response_headers(h, HeaderMap::new(), true).unwrap(), Action::Other(6));
     assert_eq!(vm.on_request_body(h, b"", true).unwrap(), Action::Other(21));
     assert!(!vm.is_dead());
-    assert!(vm.effects().iter().any(|e| matches!(
-        e,
-        Effect::InvalidMemoryAccess {
-            hostcall: "proxy_log",
-            ..
-        }
-    )));
+    assert!(vm.effects().iter().any(|e| matches!(e, Effect::InvalidMemoryAccess { hostcall: "proxy_log", .. })));
 }
 
 #[test]
@@ -804,22 +615,13 @@ fn start_is_restricted_like_envoy() {
 #[test]
 fn modules_envoy_would_refuse_are_refused() {
     let no_abi = r#"(module (memory (export "memory") 1))"#;
-    assert!(matches!(
-        WasmModule::new(no_abi),
-        Err(Error::MissingAbiVersion)
-    ));
+    assert!(matches!(WasmModule::new(no_abi), Err(Error::MissingAbiVersion)));
     let unknown_import = r#"(module
         (import "wasi_snapshot_preview1" "poll_oneoff" (func (param i32 i32 i32 i32) (result i32)))
         (memory (export "memory") 1)
         (func (export "proxy_abi_version_0_2_1")))"#;
     let m = WasmModule::new(unknown_import).unwrap();
-    assert_eq!(
-        m.imports(),
-        vec![(
-            "wasi_snapshot_preview1".to_string(),
-            "poll_oneoff".to_string()
-        )]
-    );
+    assert_eq!(m.imports(), vec![("wasi_snapshot_preview1".to_string(), "poll_oneoff".to_string())]);
     match Vm::new(&m, VmConfig::default()) {
         Err(Error::Instantiate(msg)) => assert!(msg.contains("poll_oneoff"), "{msg}"),
         other => panic!("expected link failure, got {:?}", other.err()),
@@ -843,23 +645,13 @@ fn wasi_clock_random_env_and_time() {
           (drop (call $now (i32.const 24)))
           (i32.wrap_i64 (i64.div_u (i64.load (i32.const 24)) (i64.const 1000000000))))
     "#;
-    let config = VmConfig {
-        env: vec![("A".into(), "bc".into())],
-        realtime_ns: 5_000_000_000,
-        ..VmConfig::default()
-    };
+    let config = VmConfig { env: vec![("A".into(), "bc".into())], realtime_ns: 5_000_000_000, ..VmConfig::default() };
     let mut vm = Vm::new(&module(body), config).unwrap();
     let root = vm.start_root("r", vec![]).unwrap();
     let h = vm.create_http_context(root).unwrap();
-    assert_eq!(
-        vm.on_request_headers(h, HeaderMap::new(), true).unwrap(),
-        Action::Other(58)
-    );
+    assert_eq!(vm.on_request_headers(h, HeaderMap::new(), true).unwrap(), Action::Other(58));
     vm.advance_time(std::time::Duration::from_secs(2));
-    assert_eq!(
-        vm.on_response_headers(h, HeaderMap::new(), true).unwrap(),
-        Action::Other(7)
-    );
+    assert_eq!(vm.on_response_headers(h, HeaderMap::new(), true).unwrap(), Action::Other(7));
 }
 
 #[test]
@@ -873,9 +665,7 @@ fn hostcalls_are_counted_per_context() {
     "#;
     let mut vm = vm(body);
     let root = vm.start_root("r", vec![]).unwrap();
-    let done = vm
-        .http_roundtrip(root, HeaderMap::new(), HeaderMap::new())
-        .unwrap();
+    let done = vm.http_roundtrip(root, HeaderMap::new(), HeaderMap::new()).unwrap();
     assert_eq!(done.hostcalls.get("proxy_get_header_map_value"), Some(&2));
     assert_eq!(done.hostcalls.get("proxy_add_header_map_value"), Some(&1));
     assert_eq!(done.hostcall_total(), 3);
@@ -899,26 +689,10 @@ fn effective_context_redirects_host_calls() {
     let mut vm = vm(&body);
     let root = vm.start_root("r", vec![]).unwrap();
     let h = vm.create_http_context(root).unwrap();
-    assert_eq!(
-        vm.on_request_headers(h, HeaderMap::new(), true).unwrap(),
-        Action::Pause
-    );
+    assert_eq!(vm.on_request_headers(h, HeaderMap::new(), true).unwrap(), Action::Pause);
     vm.on_tick(root).unwrap();
-    assert_eq!(
-        vm.context(h)
-            .unwrap()
-            .request_headers
-            .get_str("z")
-            .as_deref(),
-        Some("z")
-    );
-    assert_eq!(
-        vm.context(h)
-            .unwrap()
-            .hostcalls
-            .get("proxy_add_header_map_value"),
-        Some(&1)
-    );
+    assert_eq!(vm.context(h).unwrap().request_headers.get_str("z").as_deref(), Some("z"));
+    assert_eq!(vm.context(h).unwrap().hostcalls.get("proxy_add_header_map_value"), Some(&1));
 }
 
 #[test]
@@ -937,10 +711,7 @@ fn request_body_is_buffered_after_pause() {
     let root = vm.start_root("r", vec![]).unwrap();
     let h = vm.create_http_context(root).unwrap();
     assert_eq!(vm.on_request_body(h, b"abc", false).unwrap(), Action::Pause);
-    assert_eq!(
-        vm.on_request_body(h, b"def", true).unwrap(),
-        Action::Continue
-    );
+    assert_eq!(vm.on_request_body(h, b"def", true).unwrap(), Action::Continue);
     assert_eq!(messages(&vm), ["abcdef"]);
     assert_eq!(vm.context(h).unwrap().request_body, b"Xdef");
 }
@@ -979,10 +750,7 @@ fn outbound_http_calls_are_recorded_and_refused() {
     let mut vm = vm(&body);
     let root = vm.start_root("r", vec![]).unwrap();
     let h = vm.create_http_context(root).unwrap();
-    assert_eq!(
-        vm.on_request_headers(h, HeaderMap::new(), true).unwrap(),
-        status(Status::BadArgument)
-    );
+    assert_eq!(vm.on_request_headers(h, HeaderMap::new(), true).unwrap(), status(Status::BadArgument));
     assert!(vm.effects().iter().any(|e| matches!(
         e,
         Effect::HttpCall { upstream, timeout_ms: 500, headers, .. } if upstream == b"cluster" && headers.len() == 1

@@ -21,6 +21,9 @@ pub enum ConfigError {
 }
 
 /// Bounds on what the plugin accepts from the network and keeps in memory.
+/// `max_label_sets` and `max_tunnels` size per-worker tables shared by all roles:
+/// the first plugin configured on a worker sets them, so every role of one
+/// waypoint should be given the same configuration (the rendered config does).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -31,7 +34,8 @@ pub struct Limits {
     /// Most `key=value` members read from one `baggage` header.
     pub max_baggage_members: usize,
     /// Most distinct label sets defined as metrics per worker: bounds stat memory
-    /// when peers send endless distinct values.
+    /// when peers send endless distinct values. Past it, requests still count,
+    /// with unknown peers.
     pub max_label_sets: usize,
     /// Most tunnels whose upstream peer is remembered per worker.
     pub max_tunnels: usize,

@@ -56,3 +56,68 @@ pub fn find_header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&
 /// Both halves of the host, as one adapter usually provides them.
 pub trait Host: Stream + Metrics {}
 impl<T: Stream + Metrics> Host for T {}
+
+/// Parses proxy-wasm's pair list (a u32 count, then (key size, value size)
+/// u32 pairs, then each key and value followed by a NUL), as the host hands
+/// over a header map. `None` when the sizes do not fit the buffer.
+pub fn parse_header_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let word = |at: usize| -> Option<usize> {
+        let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(raw)).ok()
+    };
+    let count = word(0)?;
+    let mut data = count.checked_mul(8)?.checked_add(4)?;
+    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
+    for n in 0..count {
+        let sizes = 4 + n * 8;
+        let (key_size, value_size) = (word(sizes)?, word(sizes + 4)?);
+        let key = bytes.get(data..data.checked_add(key_size)?)?;
+        data = data.checked_add(key_size)?.checked_add(1)?;
+        let value = bytes.get(data..data.checked_add(value_size)?)?;
+        data = data.checked_add(value_size)?.checked_add(1)?;
+        pairs.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
+    }
+    Some(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_header_pairs;
+
+    fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            out.extend((k.len() as u32).to_le_bytes());
+            out.extend((v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend(k.as_bytes());
+            out.push(0);
+            out.extend(*v);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn header_pairs_round_trip_with_non_utf8_values() {
+        let raw = serialize(&[(":status", b"200"), ("baggage", b"\xff\xfe")]);
+        assert_eq!(
+            parse_header_pairs(&raw),
+            Some(vec![(":status".to_owned(), b"200".to_vec()), ("baggage".to_owned(), b"\xff\xfe".to_vec())])
+        );
+    }
+
+    #[test]
+    fn truncated_or_lying_header_pairs_are_refused() {
+        let raw = serialize(&[("a", b"b")]);
+        // Every cut loses part of a size, a key or a value (the final NUL is not needed).
+        for cut in 1..raw.len() - 1 {
+            assert_eq!(parse_header_pairs(&raw[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(parse_header_pairs(&u32::MAX.to_le_bytes()), None);
+    }
+}

@@ -24,9 +24,29 @@ pub fn short_string(bits: u64) -> String {
     out
 }
 
+/// Flags of a request that never reached an upstream tunnel: failed local
+/// health check, no healthy upstream, connection failure, overflow, no route,
+/// no cluster, DNS failure, dropped by overload. Such a request has no
+/// destination peer, whatever connection id its local reply carries.
+const NO_UPSTREAM: u64 = 1 << 0 | 1 << 1 | 1 << 5 | 1 << 7 | 1 << 8 | 1 << 24 | 1 << 26 | 1 << 27 | 1 << 29;
+
+pub fn no_upstream_reached(bits: u64) -> bool {
+    bits & NO_UPSTREAM != 0
+}
+
 #[cfg(test)]
 mod tests {
-    use super::short_string;
+    use super::{no_upstream_reached, short_string};
+
+    #[test]
+    fn failures_before_any_tunnel_are_recognised() {
+        assert!(no_upstream_reached(1 << 5), "UF");
+        assert!(no_upstream_reached((1 << 5) | (1 << 15)), "UF,URX");
+        assert!(no_upstream_reached(1 << 8), "NR");
+        assert!(!no_upstream_reached(1 << 6), "UC: the tunnel existed and its record says what it was");
+        assert!(!no_upstream_reached(1 << 2), "UT: the tunnel carried the request");
+        assert!(!no_upstream_reached(0));
+    }
 
     #[test]
     fn flags_are_named_in_bit_order() {

@@ -18,6 +18,7 @@ use crate::host::{HeaderMap, Host, find_header, le_u64};
 use crate::labels::RoutedService;
 use crate::legacy;
 use crate::peer::Peer;
+use crate::response_flags;
 use crate::value;
 use crate::worker::{ErrorReason, Observation, TunnelState, Worker};
 
@@ -216,12 +217,14 @@ impl Stats {
         let cluster = read(worker, &["xds", "cluster_name"]).unwrap_or_default();
         let service = RoutedService::from_cluster_name(&cluster, self.config.limits.max_value_bytes);
         let service = worker.service_id(service, host);
+        let response_flags = number(worker, &["response", "flags"]);
+        let destination = if response_flags::no_upstream_reached(response_flags) { 0 } else { state.destination };
         let observation = Observation {
             source,
-            destination: state.destination,
+            destination,
             service,
             response_code: state.response_code,
-            response_flags: number(worker, &["response", "flags"]),
+            response_flags,
             grpc: state.grpc,
             grpc_status: state.grpc_status,
             duration_ms: number(worker, &["request", "duration"]) / 1_000_000,

@@ -297,13 +297,17 @@ impl Worker {
             grpc: obs.grpc,
             grpc_status: obs.grpc_status,
         };
+        let key = if self.series.contains_key(&key) || self.series.len() < self.max_series {
+            key
+        } else {
+            // Past the limit new peer pairs are still counted, as unknown peers:
+            // those series are bounded by services x codes x flags.
+            self.count(ErrorReason::CardinalityLimit, metrics);
+            SeriesKey { source: 0, destination: 0, ..key }
+        };
         let ids = match self.series.get(&key) {
             Some(ids) => *ids,
             None => {
-                if self.series.len() >= self.max_series {
-                    self.count(ErrorReason::CardinalityLimit, metrics);
-                    return Ok(());
-                }
                 let ids = self.define_series(&key, metrics)?;
                 self.series.insert(key, ids);
                 ids

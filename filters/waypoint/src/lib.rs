@@ -8,7 +8,11 @@
 //!
 //! Every role is written against `waypoint_core::host`; this crate only maps
 //! those traits onto proxy-wasm host calls and keeps the per-worker state.
+//! It exists for wasm only: natively it is empty (the logic is tested in
+//! waypoint-core, the module in wasm-tests).
+#![cfg(target_arch = "wasm32")]
 
+mod abi;
 mod envoy;
 
 use std::cell::RefCell;
@@ -58,10 +62,14 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let root_id = envoy::root_id();
-        let config = match PluginConfig::from_json(&self.get_plugin_configuration().unwrap_or_default()) {
+        let config = match abi::plugin_configuration() {
+            Ok(bytes) => PluginConfig::from_json(&bytes).map_err(|e| e.to_string()),
+            Err(status) => Err(format!("cannot read the plugin configuration (status {})", status.0)),
+        };
+        let config = match config {
             Ok(config) => config,
             Err(error) => {
-                envoy::log_error(&format!("waypoint root {root_id:?} refuses to start: {error}"));
+                abi::log_error(&format!("waypoint root {root_id:?} refuses to start: {error}"));
                 return false;
             }
         };
@@ -75,7 +83,7 @@ impl RootContext for Root {
             "upstream" => Some(Role::Upstream(Rc::new(roles::Upstream::new(config)))),
             "stats" => Some(Role::Stats(Rc::new(roles::Stats::new(config)))),
             other => {
-                envoy::log_error(&format!(
+                abi::log_error(&format!(
                     "waypoint refuses to start: unknown root_id {other:?} (expected downstream, upstream or stats)"
                 ));
                 None

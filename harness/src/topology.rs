@@ -1,0 +1,407 @@
+//! The local two-network mesh, every part on its own loopback address:
+//!
+//! ```text
+//! network-a (cluster1)                               network-b (cluster2)
+//! curl ─▶ ztunnel-a ─HBONE─▶ waypoint ─double HBONE─▶ east-west gateway ─▶ ztunnel-b ─▶ echo-v1
+//! productpage (sidecar) ─┘   (Envoy + wasm)                                          └─▶ echo-v2
+//! ```
+//!
+//! Ports, addresses and paths are chosen here, in one place; the mesh file is
+//! written from them and every Envoy config is rendered from the mesh file.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use host_shim::ca::{self, CertDir};
+use host_shim::config::Mesh;
+use host_shim::eastwest::{self, EastWest};
+use host_shim::waypoint::{self, Waypoint};
+use serde_json::json;
+
+use crate::HarnessError;
+use crate::apps::EchoServer;
+use crate::http;
+use crate::process::Process;
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+pub const SERVICE_HOST: &str = "echo.backend.svc.cluster.local";
+pub const SERVICE_PORT: u16 = 8080;
+const HBONE_PORT: u16 = 15008;
+const ENVOY_ADMIN_PORT: u16 = 15000;
+const SHIM_ADMIN_PORT: u16 = 15020;
+const OUTBOUND_PORT: u16 = 18080;
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the programs are: `make build` puts them in dist/, the venv holds Envoy.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub host_shim: PathBuf,
+    pub envoy: PathBuf,
+    pub wasm: PathBuf,
+}
+
+impl Binaries {
+    /// From HOST_SHIM_BIN, ENVOY_BIN and WAYPOINT_WASM, else the project's default paths.
+    pub fn from_env() -> Result<Self, HarnessError> {
+        let root = workspace_root();
+        let pick = |var: &str, default: PathBuf| -> Result<PathBuf, HarnessError> {
+            let path = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(HarnessError::Missing { what: var.to_owned(), path, hint: "run `make build` first" })
+            }
+        };
+        Ok(Self {
+            host_shim: pick("HOST_SHIM_BIN", root.join("dist/host-shim"))?,
+            envoy: pick("ENVOY_BIN", root.join(".venv/lib/python3.11/site-packages/envoy/_bin/envoy"))?,
+            wasm: pick("WAYPOINT_WASM", root.join("dist/waypoint.wasm"))?,
+        })
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The address plan: 127.<block>.<network>.<host>, a /16 of loopback per topology.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    block: u8,
+}
+
+static NEXT_BLOCK: AtomicU8 = AtomicU8::new(0);
+
+impl Plan {
+    /// A block no other topology of this process uses; the process id keeps
+    /// concurrent test binaries apart.
+    pub fn fresh() -> Self {
+        let n = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
+        let block = 30 + ((std::process::id() as u64 * 7 + n as u64 * 13) % 200) as u8;
+        Self { block }
+    }
+
+    fn ip(&self, network: u8, host: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, self.block, network, host))
+    }
+
+    pub fn curl(&self) -> IpAddr {
+        self.ip(1, 1)
+    }
+    pub fn productpage(&self) -> IpAddr {
+        self.ip(1, 2)
+    }
+    pub fn waypoint(&self) -> IpAddr {
+        self.ip(1, 100)
+    }
+    pub fn echo(&self, n: u8) -> IpAddr {
+        self.ip(2, n)
+    }
+    pub fn gateway(&self) -> IpAddr {
+        self.ip(2, 100)
+    }
+    /// The client apps' entry: the ztunnel-a outbound listener on their own address.
+    pub fn outbound(&self, client: IpAddr) -> SocketAddr {
+        SocketAddr::new(client, OUTBOUND_PORT)
+    }
+    pub fn waypoint_admin(&self) -> SocketAddr {
+        SocketAddr::new(self.waypoint(), ENVOY_ADMIN_PORT)
+    }
+    pub fn gateway_admin(&self) -> SocketAddr {
+        SocketAddr::new(self.gateway(), ENVOY_ADMIN_PORT)
+    }
+    pub fn shim_admin(&self, network: u8) -> SocketAddr {
+        SocketAddr::new(self.ip(network, 250), SHIM_ADMIN_PORT)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Istio's AMBIENT_ENABLE_BAGGAGE, for the waypoint.
+    pub baggage_discovery: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { baggage_discovery: true }
+    }
+}
+
+pub struct Topology {
+    pub plan: Plan,
+    pub dir: PathBuf,
+    pub echo: Vec<EchoServer>,
+    binaries: Binaries,
+    mesh_file: PathBuf,
+    certs: PathBuf,
+    ztunnel_a: Option<Process>,
+    ztunnel_b: Option<Process>,
+    gateway: Option<Process>,
+    waypoint: Option<Process>,
+}
+
+/// The identities the CA issues.
+fn identities() -> Vec<String> {
+    [
+        ("frontend", "curl"),
+        ("frontend", "productpage"),
+        ("backend", "echo"),
+        ("backend", "waypoint"),
+        ("istio-system", "istio-eastwestgateway"),
+    ]
+    .iter()
+    .map(|(ns, sa)| format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/{sa}"))
+    .collect()
+}
+
+pub fn identity(namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}")
+}
+
+fn mesh_json(plan: &Plan) -> serde_json::Value {
+    let service = format!("{SERVICE_HOST}:{SERVICE_PORT}");
+    // name, namespace, service account, node, cluster, network, revision, zone, address, extra fields
+    let workload = |name: &str,
+                    ns: &str,
+                    sa: &str,
+                    node: &str,
+                    cluster: &str,
+                    network: &str,
+                    rev: &str,
+                    zone: &str,
+                    address: IpAddr,
+                    extra: serde_json::Value| {
+        let mut w = json!({
+            "name": name, "namespace": ns, "service_account": sa, "workload_type": "deployment",
+            "node": node, "cluster": cluster, "network": network,
+            "canonical_service": name.split('-').next().unwrap_or(name), "canonical_revision": rev,
+            "region": format!("region-{}", network.trim_start_matches("network-")), "zone": zone,
+            "address": address,
+        });
+        if let (Some(w), serde_json::Value::Object(extra)) = (w.as_object_mut(), extra) {
+            w.extend(extra);
+        }
+        w
+    };
+    let outbound =
+        |client: IpAddr| json!({ "outbound": [{ "listen": plan.outbound(client), "destination": service }] });
+    let mut sidecar = outbound(plan.productpage());
+    if let Some(fields) = sidecar.as_object_mut() {
+        fields.insert("sidecar".into(), json!(true));
+    }
+    json!({
+        "trust_domain": TRUST_DOMAIN,
+        "hbone_port": HBONE_PORT,
+        "networks": { "network-b": { "east_west_gateway": {
+            "address": SocketAddr::new(plan.gateway(), HBONE_PORT),
+            "identity": identity("istio-system", "istio-eastwestgateway"),
+        } } },
+        "workloads": [
+            workload("curl", "frontend", "curl", "node-a", "cluster1", "network-a", "v1", "zone-a1", plan.curl(),
+                     outbound(plan.curl())),
+            workload("productpage-v1", "frontend", "productpage", "node-a", "cluster1", "network-a", "v1", "zone-a1",
+                     plan.productpage(), sidecar),
+            workload("waypoint", "backend", "waypoint", "waypoint", "cluster1", "network-a", "latest", "zone-a1",
+                     plan.waypoint(), json!({})),
+            workload("echo-v1", "backend", "echo", "node-b", "cluster2", "network-b", "v1", "zone-b1", plan.echo(1),
+                     json!({})),
+            workload("echo-v2", "backend", "echo", "node-b", "cluster2", "network-b", "v2", "zone-b2", plan.echo(2),
+                     json!({})),
+        ],
+        "services": [{
+            "hostname": SERVICE_HOST, "name": "echo", "namespace": "backend", "vip": "10.96.0.10",
+            "port": SERVICE_PORT, "target_port": SERVICE_PORT, "endpoints": ["echo-v1", "echo-v2"],
+            "waypoint": { "address": SocketAddr::new(plan.waypoint(), HBONE_PORT), "identity": identity("backend", "waypoint") },
+        }],
+    })
+}
+
+impl Topology {
+    /// Starts everything and waits until every part answers; on any failure
+    /// what was started is stopped again.
+    pub async fn start(options: Options) -> Result<Self, HarnessError> {
+        let binaries = Binaries::from_env()?;
+        let plan = Plan::fresh();
+        let dir = run_dir()?;
+        let certs = dir.join("certs");
+        ca::generate(&certs, &identities()).map_err(|e| HarnessError::Setup(format!("mesh CA: {e}")))?;
+        let mesh_file = dir.join("mesh.json");
+        let mesh_text = serde_json::to_string_pretty(&mesh_json(&plan)).unwrap_or_default();
+        std::fs::write(&mesh_file, &mesh_text).map_err(|e| HarnessError::io(&mesh_file, e))?;
+        let mesh = Mesh::parse(&mesh_text).map_err(|e| HarnessError::Setup(format!("mesh file: {e}")))?;
+
+        let mut echo = Vec::new();
+        for (n, name) in [(1, "echo-v1"), (2, "echo-v2")] {
+            echo.push(EchoServer::start(name, SocketAddr::new(plan.echo(n), SERVICE_PORT)).await?);
+        }
+        let mut topology = Self {
+            plan,
+            dir,
+            echo,
+            binaries,
+            mesh_file,
+            certs,
+            ztunnel_a: None,
+            ztunnel_b: None,
+            gateway: None,
+            waypoint: None,
+        };
+        topology.write_envoy_configs(&mesh, &options)?;
+        topology.start_ztunnel_b().await?;
+        topology.start_gateway().await?;
+        topology.start_waypoint().await?;
+        topology.ztunnel_a = Some(topology.start_shim("node-a", 1).await?);
+        Ok(topology)
+    }
+
+    fn write_envoy_configs(&self, mesh: &Mesh, options: &Options) -> Result<(), HarnessError> {
+        let certs = CertDir(self.certs.clone());
+        let gateway = eastwest::render(
+            eastwest::TEMPLATE,
+            &EastWest {
+                mesh,
+                network: "network-b",
+                certs: &certs,
+                admin: self.plan.gateway_admin(),
+                access_log: &self.dir.join("gateway-access.log"),
+            },
+        )
+        .map_err(|e| HarnessError::Setup(format!("gateway config: {e}")))?;
+        let waypoint = waypoint::render(
+            waypoint::TEMPLATE,
+            &Waypoint {
+                mesh,
+                workload: "waypoint",
+                certs: &certs,
+                wasm: &self.binaries.wasm,
+                admin: self.plan.waypoint_admin(),
+                access_log: &self.dir.join("waypoint-access.log"),
+                baggage_discovery: options.baggage_discovery,
+            },
+        )
+        .map_err(|e| HarnessError::Setup(format!("waypoint config: {e}")))?;
+        for (file, text) in [("gateway.yaml", gateway), ("waypoint.yaml", waypoint)] {
+            let path = self.dir.join(file);
+            std::fs::write(&path, text).map_err(|e| HarnessError::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    async fn start_shim(&self, node: &str, network: u8) -> Result<Process, HarnessError> {
+        let admin = self.plan.shim_admin(network);
+        let args = vec![
+            "run".into(),
+            "--mesh".into(),
+            self.mesh_file.display().to_string(),
+            "--node".into(),
+            node.into(),
+            "--certs".into(),
+            self.certs.display().to_string(),
+            "--admin".into(),
+            admin.to_string(),
+        ];
+        let log = self.dir.join(format!("ztunnel-{node}.log"));
+        let process = Process::spawn(&format!("ztunnel {node}"), &self.binaries.host_shim, &args, log)?;
+        ready(process, admin).await
+    }
+
+    async fn start_envoy(&self, name: &str, admin: SocketAddr) -> Result<Process, HarnessError> {
+        let args = vec![
+            "-c".into(),
+            self.dir.join(format!("{name}.yaml")).display().to_string(),
+            "--disable-hot-restart".into(),
+            "--concurrency".into(),
+            "2".into(),
+            "-l".into(),
+            "warning".into(),
+        ];
+        let process = Process::spawn(name, &self.binaries.envoy, &args, self.dir.join(format!("{name}.log")))?;
+        ready(process, admin).await
+    }
+
+    pub async fn start_ztunnel_b(&mut self) -> Result<(), HarnessError> {
+        self.ztunnel_b = Some(self.start_shim("node-b", 2).await?);
+        Ok(())
+    }
+
+    /// SIGTERM to the destination ztunnel: its pods become unreachable.
+    pub fn stop_ztunnel_b(&mut self) {
+        self.ztunnel_b = None;
+    }
+
+    pub async fn start_gateway(&mut self) -> Result<(), HarnessError> {
+        self.gateway = Some(self.start_envoy("gateway", self.plan.gateway_admin()).await?);
+        Ok(())
+    }
+
+    pub fn stop_gateway(&mut self) {
+        self.gateway = None;
+    }
+
+    pub async fn start_waypoint(&mut self) -> Result<(), HarnessError> {
+        self.waypoint = Some(self.start_envoy("waypoint", self.plan.waypoint_admin()).await?);
+        Ok(())
+    }
+
+    /// Whether the waypoint's Envoy process is still up.
+    pub fn waypoint_running(&mut self) -> bool {
+        self.waypoint.as_mut().is_some_and(Process::is_running)
+    }
+
+    /// The waypoint's `/stats/prometheus`.
+    pub async fn waypoint_prometheus(&self) -> Result<String, HarnessError> {
+        Ok(http::get(self.plan.waypoint_admin(), "/stats/prometheus").await?.text())
+    }
+
+    /// The waypoint's `/stats` in Envoy's own format.
+    pub async fn waypoint_stats(&self) -> Result<String, HarnessError> {
+        Ok(http::get(self.plan.waypoint_admin(), "/stats").await?.text())
+    }
+
+    /// A shim's `/metrics` (network 1 = ztunnel-a, 2 = ztunnel-b).
+    pub async fn shim_metrics(&self, network: u8) -> Result<String, HarnessError> {
+        Ok(http::get(self.plan.shim_admin(network), "/metrics").await?.text())
+    }
+
+    /// Everything the east-west gateway logged: its access log and its own log.
+    pub fn gateway_view(&self) -> String {
+        ["gateway-access.log", "gateway.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Requests per echo endpoint, by workload name.
+    pub fn served(&self) -> Vec<(String, usize)> {
+        self.echo.iter().map(|e| (e.workload.clone(), e.seen().len())).collect()
+    }
+}
+
+async fn ready(mut process: Process, admin: SocketAddr) -> Result<Process, HarnessError> {
+    match http::wait_for_200(admin, "/ready", READY_TIMEOUT).await {
+        Ok(()) => Ok(process),
+        Err(e) => {
+            let running = process.is_running();
+            Err(HarnessError::Setup(format!(
+                "{} (running: {running}) is not ready: {e}\n--- {} ---\n{}",
+                process.name,
+                process.log.display(),
+                process.log_tail()
+            )))
+        }
+    }
+}
+
+/// A fresh directory for one topology's certificates, configs and logs, kept
+/// after the run so its logs can be read.
+fn run_dir() -> Result<PathBuf, HarnessError> {
+    static COUNT: AtomicU8 = AtomicU8::new(0);
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let name = format!("{stamp}-{}-{}", std::process::id(), COUNT.fetch_add(1, Ordering::Relaxed));
+    let dir = workspace_root().join("target/harness").join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| HarnessError::io(&dir, e))?;
+    Ok(dir)
+}

@@ -1,0 +1,193 @@
+//! The seed's five steps: `curl` (frontend) calls the `echo` service (backend) through the
+//! waypoint; ztunnel 1.29 on both sides speaks baggage.
+
+use wasm_tests::{Action, Effect, HeaderOp, MapType};
+
+use crate::harness::*;
+
+/// connect_originate connection of the tunnel to echo-v2 in these scenarios.
+const TUNNEL: u64 = 8;
+
+/// The whole request: CONNECT in, tunnel out, one inner request over that tunnel.
+struct Story {
+    wp: Waypoint,
+    connect: ClientConnect,
+    tunnel: Tunnel,
+    served: Served,
+}
+
+fn curl_calls_echo() -> Story {
+    let mut wp = Waypoint::start();
+    let mut connect = wp.client_connect(CLIENT_SAN, ztunnel_connect(Some(CLIENT_BAGGAGE_1_29.as_bytes())));
+    wp.answer_client(&mut connect, "200");
+    let tunnel = wp.established_tunnel(TUNNEL, ECHO_V2_BAGGAGE, ECHO_SAN);
+    let request = InnerRequest::get("/echo")
+        .header("baggage", "userId=alice,app=1")
+        .downstream_peer(&connect.filter_state)
+        .via(tunnel.upconn());
+    let served = wp.serve(request);
+    Story { wp, connect, tunnel, served }
+}
+
+#[test]
+fn step_1_the_connect_baggage_of_a_ztunnel_1_29_client_is_stored_in_filter_state() {
+    let Story { wp, connect, served, .. } = curl_calls_echo();
+
+    let expected = format!("{CLIENT_SAN}\n{CLIENT_BAGGAGE_1_29}\n");
+    assert_eq!(String::from_utf8_lossy(&connect.filter_state), expected, "set_filter_state ran before our filter");
+    // Storing is Envoy's job (a wasm filter cannot share filter state with main_internal)...
+    let sets: Vec<_> = wp.vm.effects().iter().filter(|e| matches!(e, Effect::PropertySet { .. })).collect();
+    assert!(sets.is_empty(), "the module must not write filter state itself: {sets:?}");
+    // ...and main_internal's stats filter reads it back, once, at the end of the inner request.
+    assert_eq!(served.trace.state.hostcalls.get("proxy_get_property").copied().unwrap_or(0), 6);
+    let series = wp.only_request_series();
+    series.assert_labels(&[
+        ("source_workload", "curl"),
+        ("source_canonical_service", "curl"),
+        ("source_workload_namespace", "frontend"),
+        ("source_cluster", "cluster1"),
+    ]);
+    wp.assert_healthy();
+}
+
+#[test]
+fn step_2_the_connect_baggage_is_removed_before_routing_and_an_application_baggage_is_untouched() {
+    let Story { wp, connect, served, .. } = curl_calls_echo();
+
+    assert_eq!(connect.action, Action::Continue);
+    assert_eq!(connect.routed.get("baggage"), None, "the client's baggage must not be routed on");
+    for kept in [":method", ":authority", "forwarded", "traceparent"] {
+        assert!(connect.routed.get(kept).is_some(), "{kept} must be routed on");
+    }
+    assert_eq!(
+        wp.header_ops(connect.context, MapType::HttpRequestHeaders),
+        vec![HeaderOp::Remove { key: b"baggage".to_vec() }],
+        "the CONNECT request gets exactly one change"
+    );
+
+    // The inner request's `baggage` is the application's W3C baggage: never read, never changed.
+    assert_eq!(served.request_as_routed.get_all("baggage"), vec![&b"userId=alice,app=1"[..]]);
+    assert!(
+        wp.header_ops(served.trace.state.id, MapType::HttpRequestHeaders).is_empty(),
+        "the stats filter must not touch the inner request here"
+    );
+    assert!(served.actions.iter().all(|a| *a == Action::Continue), "{:?}", served.actions);
+    wp.assert_healthy();
+}
+
+#[test]
+fn step_3_our_baggage_goes_on_the_upstream_connect_and_the_destination_baggage_is_bound_to_that_tunnel() {
+    let Story { mut wp, connect, tunnel, .. } = curl_calls_echo();
+
+    assert_eq!(tunnel.sent.get_str("baggage").as_deref(), Some(WAYPOINT_BAGGAGE));
+    assert_eq!(tunnel.sent.get_all("baggage").len(), 1, "added once");
+    assert_eq!(
+        tunnel.sent.get_str(":authority").as_deref(),
+        Some("10.0.2.7:8080"),
+        "the CONNECT is otherwise untouched"
+    );
+
+    // A younger tunnel to another pod must not change what the first one is bound to.
+    let younger = wp.established_tunnel(TUNNEL + 4, ECHO_V1_BAGGAGE, ECHO_SAN);
+    wp.serve(InnerRequest::get("/again").downstream_peer(&connect.filter_state).via(tunnel.upconn()));
+    wp.serve(InnerRequest::get("/other").downstream_peer(&connect.filter_state).via(younger.upconn()));
+    let mut destinations: Vec<(String, i64)> =
+        wp.request_series().iter().map(|s| (s.label("destination_workload").to_string(), s.count())).collect();
+    destinations.sort();
+    assert_eq!(
+        destinations,
+        vec![("echo-v1".into(), 1), ("echo-v2".into(), 2)],
+        "each response is labelled with the peer of the tunnel that carried it"
+    );
+    wp.close_tunnel(tunnel);
+    wp.close_tunnel(younger);
+    wp.assert_healthy();
+}
+
+#[test]
+fn step_4_the_request_is_counted_exactly_once_with_all_25_labels() {
+    let Story { mut wp, connect, tunnel, .. } = curl_calls_echo();
+
+    let series = wp.only_request_series();
+    assert_eq!(series.count(), 1);
+    let increments: Vec<_> = wp
+        .vm
+        .effects()
+        .iter()
+        .filter(|e| matches!(e, Effect::MetricIncremented { name, .. } if name.starts_with(REQUESTS_TOTAL)))
+        .collect();
+    assert_eq!(increments.len(), 1, "one increment per request: {increments:?}");
+    series.assert_istio_label_names();
+    series.assert_labels(&[
+        ("reporter", "waypoint"),
+        ("source_workload", "curl"),
+        ("source_canonical_service", "curl"),
+        ("source_canonical_revision", "v1"),
+        ("source_workload_namespace", "frontend"),
+        ("source_principal", CLIENT_SAN),
+        ("source_app", "curl"),
+        ("source_version", "v1"),
+        ("source_cluster", "cluster1"),
+        ("destination_workload", "echo-v2"),
+        ("destination_workload_namespace", "backend"),
+        ("destination_principal", ECHO_SAN),
+        ("destination_app", "echo"),
+        ("destination_version", "v2"),
+        ("destination_service", "echo.backend.svc.cluster.local"),
+        ("destination_canonical_service", "echo"),
+        ("destination_canonical_revision", "v2"),
+        ("destination_service_name", "echo"),
+        ("destination_service_namespace", "backend"),
+        ("destination_cluster", "cluster2"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("grpc_response_status", ""),
+        ("response_flags", "-"),
+        ("connection_security_policy", "mutual_tls"),
+    ]);
+
+    // The streams end in Envoy's order; nothing more is counted.
+    wp.close_tunnel(tunnel);
+    wp.close_client(connect);
+    assert_eq!(wp.only_request_series().count(), 1);
+    assert!(wp.all_errors().is_empty(), "no degradation on the happy path: {:?}", wp.all_errors());
+    wp.assert_healthy();
+}
+
+#[test]
+fn step_5_the_three_histograms_record_the_duration_and_both_sizes_once() {
+    let Story { wp, .. } = curl_calls_echo();
+
+    let series = wp.only_request_series();
+    // request.duration is 3.4 ms in nanoseconds; sizes are request.total_size / response.total_size.
+    assert_eq!(wp.histogram("istio_request_duration_milliseconds", &series), vec![3]);
+    assert_eq!(wp.histogram("istio_request_bytes", &series), vec![120]);
+    assert_eq!(wp.histogram("istio_response_bytes", &series), vec![340]);
+    for base in HISTOGRAMS {
+        assert_eq!(wp.defines(base), 1, "{base} defined once");
+    }
+    assert_eq!(wp.defines(REQUESTS_TOTAL), 1);
+    wp.assert_healthy();
+}
+
+#[test]
+fn the_client_gets_our_baggage_on_the_connect_200_and_never_on_an_error() {
+    let mut wp = Waypoint::start();
+    let mut ok = wp.client_connect(CLIENT_SAN, ztunnel_connect(Some(CLIENT_BAGGAGE_1_29.as_bytes())));
+    let answer = wp.answer_client(&mut ok, "200");
+    assert_eq!(answer.get_all("baggage"), vec![WAYPOINT_BAGGAGE.as_bytes()]);
+    assert_eq!(
+        wp.header_ops(ok.context, MapType::HttpResponseHeaders),
+        vec![HeaderOp::Add { key: b"baggage".to_vec(), value: WAYPOINT_BAGGAGE.as_bytes().to_vec() }]
+    );
+
+    for status in ["400", "401", "503"] {
+        let mut refused = wp.client_connect(CLIENT_SAN, ztunnel_connect(Some(CLIENT_BAGGAGE_1_29.as_bytes())));
+        let answer = wp.answer_client(&mut refused, status);
+        assert_eq!(answer.get("baggage"), None, "a {status} carries no baggage");
+        assert!(wp.header_ops(refused.context, MapType::HttpResponseHeaders).is_empty());
+        wp.close_client(refused);
+    }
+    wp.close_client(ok);
+    wp.assert_healthy();
+}
