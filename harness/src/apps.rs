@@ -26,6 +26,8 @@ pub struct Seen {
     pub baggage: Option<String>,
     /// Whether any peer-metadata header (ztunnel's or a sidecar's) leaked to the app.
     pub peer_metadata_leaked: bool,
+    /// Every request header, in arrival order (names lower case, values lossy UTF-8).
+    pub headers: Vec<(String, String)>,
 }
 
 /// An echo server: answers every request with JSON naming the workload.
@@ -79,6 +81,11 @@ fn answer(workload: &str, request: &Request<Incoming>, seen: &Mutex<Vec<Seen>>) 
         peer_metadata_leaked: ["x-envoy-peer-metadata", "x-envoy-peer-metadata-id", "x-wp-upconn"]
             .iter()
             .any(|name| request.headers().contains_key(*name)),
+        headers: request
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect(),
     };
     let body = json!({ "workload": workload, "path": record.path, "baggage": record.baggage });
     if let Ok(mut seen) = seen.lock() {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, StatusCode};
+use hyper::{HeaderMap, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -20,6 +20,7 @@ pub struct Connection {
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: StatusCode,
+    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -56,9 +57,9 @@ impl Connection {
             .send_request(request)
             .await
             .map_err(|e| HarnessError::Http(format!("GET {host}{path}: {e}")))?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| HarnessError::Http(e.to_string()))?.to_bytes();
-        Ok(Reply { status, body })
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| HarnessError::Http(e.to_string()))?.to_bytes();
+        Ok(Reply { status: parts.status, headers: parts.headers, body })
     }
 }
 

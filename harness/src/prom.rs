@@ -25,14 +25,40 @@ pub fn raw_lines<'t>(text: &'t str, name: &str) -> Vec<&'t str> {
     text.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' '])).collect()
 }
 
+/// The sum of metric `name` per value of `label` (e.g. requests per `destination_workload`).
+pub fn sum_by(text: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
+    let mut sums = BTreeMap::new();
+    for sample in samples(text, name) {
+        *sums.entry(sample.label(label).to_owned()).or_insert(0.0) += sample.value;
+    }
+    sums
+}
+
+/// The sum of every sample of metric `name`.
+pub fn total(text: &str, name: &str) -> f64 {
+    samples(text, name).iter().map(|s| s.value).sum()
+}
+
+/// The label names of one exposition line, in the order they are written.
+pub fn label_names(line: &str) -> Option<Vec<String>> {
+    let (series, _) = line.rsplit_once(' ')?;
+    let body = series.split_once('{').map_or(Some(""), |(_, rest)| rest.strip_suffix('}'))?;
+    Some(parse_labels(body)?.into_iter().map(|(name, _)| name).collect())
+}
+
 fn parse_line(line: &str) -> Option<Sample> {
     let (series, value) = line.rsplit_once(' ')?;
     let value = value.parse().ok()?;
     let Some((name, rest)) = series.split_once('{') else {
         return Some(Sample { name: series.to_owned(), labels: BTreeMap::new(), value });
     };
-    let body = rest.strip_suffix('}')?;
-    let mut labels = BTreeMap::new();
+    let labels = parse_labels(rest.strip_suffix('}')?)?.into_iter().collect();
+    Some(Sample { name: name.to_owned(), labels, value })
+}
+
+/// `a="1",b="x\"y"` as ordered pairs.
+fn parse_labels(body: &str) -> Option<Vec<(String, String)>> {
+    let mut labels = Vec::new();
     let mut chars = body.chars().peekable();
     while chars.peek().is_some() {
         let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
@@ -50,12 +76,12 @@ fn parse_line(line: &str) -> Option<Sample> {
                 other => value.push(other),
             }
         }
-        labels.insert(key.trim_start_matches(',').to_owned(), value);
+        labels.push((key.trim_start_matches(',').to_owned(), value));
         if chars.peek() == Some(&',') {
             chars.next();
         }
     }
-    Some(Sample { name: name.to_owned(), labels, value })
+    Some(labels)
 }
 
 #[cfg(test)]
@@ -71,5 +97,10 @@ mod tests {
         assert_eq!(all[0].label("c"), "");
         assert_eq!(all[0].value, 3.0);
         assert_eq!(raw_lines(text, "x").len(), 2);
+        assert_eq!(label_names(raw_lines(text, "x")[0]), Some(vec!["a".into(), "b".into(), "c".into()]));
+        assert_eq!(label_names("x 2"), Some(vec![]));
+        assert_eq!(sum_by(text, "x", "a").get("1"), Some(&3.0));
+        assert_eq!(sum_by(text, "x", "a").get(""), Some(&2.0));
+        assert_eq!(total(text, "x"), 5.0);
     }
 }

@@ -4,6 +4,7 @@
 //! network-a (cluster1)                               network-b (cluster2)
 //! curl ─▶ ztunnel-a ─HBONE─▶ waypoint ─double HBONE─▶ east-west gateway ─▶ ztunnel-b ─▶ echo-v1
 //! productpage (sidecar) ─┘   (Envoy + wasm)                                          └─▶ echo-v2
+//!                            └─HBONE─▶ ztunnel-a ─▶ ratings-v1 (same network: no gateway)
 //! ```
 //!
 //! Ports, addresses and paths are chosen here, in one place; the mesh file is
@@ -27,11 +28,14 @@ use crate::process::Process;
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
 pub const SERVICE_HOST: &str = "echo.backend.svc.cluster.local";
+/// A service in the waypoint's own network: reached without the gateway.
+pub const LOCAL_SERVICE_HOST: &str = "ratings.backend.svc.cluster.local";
 pub const SERVICE_PORT: u16 = 8080;
 const HBONE_PORT: u16 = 15008;
 const ENVOY_ADMIN_PORT: u16 = 15000;
 const SHIM_ADMIN_PORT: u16 = 15020;
 const OUTBOUND_PORT: u16 = 18080;
+const LOCAL_OUTBOUND_PORT: u16 = 18081;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the programs are: `make build` puts them in dist/, the venv holds Envoy.
@@ -99,12 +103,19 @@ impl Plan {
     pub fn echo(&self, n: u8) -> IpAddr {
         self.ip(2, n)
     }
+    pub fn ratings(&self) -> IpAddr {
+        self.ip(1, 10)
+    }
     pub fn gateway(&self) -> IpAddr {
         self.ip(2, 100)
     }
     /// The client apps' entry: the ztunnel-a outbound listener on their own address.
     pub fn outbound(&self, client: IpAddr) -> SocketAddr {
         SocketAddr::new(client, OUTBOUND_PORT)
+    }
+    /// The client apps' entry to the same-network ratings service.
+    pub fn local_outbound(&self, client: IpAddr) -> SocketAddr {
+        SocketAddr::new(client, LOCAL_OUTBOUND_PORT)
     }
     pub fn waypoint_admin(&self) -> SocketAddr {
         SocketAddr::new(self.waypoint(), ENVOY_ADMIN_PORT)
@@ -121,18 +132,23 @@ impl Plan {
 pub struct Options {
     /// Istio's AMBIENT_ENABLE_BAGGAGE, for the waypoint.
     pub baggage_discovery: bool,
+    /// The waypoint with this project's filters; without, a plain waypoint (benchmark baseline).
+    pub telemetry: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { baggage_discovery: true }
+        Self { baggage_discovery: true, telemetry: true }
     }
 }
 
 pub struct Topology {
     pub plan: Plan,
     pub dir: PathBuf,
+    /// The endpoints of the echo service, in network-b.
     pub echo: Vec<EchoServer>,
+    /// The one endpoint of the ratings service, in network-a with the waypoint.
+    pub ratings: EchoServer,
     binaries: Binaries,
     mesh_file: PathBuf,
     certs: PathBuf,
@@ -148,6 +164,7 @@ fn identities() -> Vec<String> {
         ("frontend", "curl"),
         ("frontend", "productpage"),
         ("backend", "echo"),
+        ("backend", "ratings"),
         ("backend", "waypoint"),
         ("istio-system", "istio-eastwestgateway"),
     ]
@@ -185,8 +202,15 @@ fn mesh_json(plan: &Plan) -> serde_json::Value {
         }
         w
     };
+    let local_service = format!("{LOCAL_SERVICE_HOST}:{SERVICE_PORT}");
+    let waypoint_ref =
+        json!({ "address": SocketAddr::new(plan.waypoint(), HBONE_PORT), "identity": identity("backend", "waypoint") });
     let outbound =
         |client: IpAddr| json!({ "outbound": [{ "listen": plan.outbound(client), "destination": service }] });
+    let curl_outbound = json!({ "outbound": [
+        { "listen": plan.outbound(plan.curl()), "destination": service },
+        { "listen": plan.local_outbound(plan.curl()), "destination": local_service },
+    ] });
     let mut sidecar = outbound(plan.productpage());
     if let Some(fields) = sidecar.as_object_mut() {
         fields.insert("sidecar".into(), json!(true));
@@ -200,7 +224,7 @@ fn mesh_json(plan: &Plan) -> serde_json::Value {
         } } },
         "workloads": [
             workload("curl", "frontend", "curl", "node-a", "cluster1", "network-a", "v1", "zone-a1", plan.curl(),
-                     outbound(plan.curl())),
+                     curl_outbound),
             workload("productpage-v1", "frontend", "productpage", "node-a", "cluster1", "network-a", "v1", "zone-a1",
                      plan.productpage(), sidecar),
             workload("waypoint", "backend", "waypoint", "waypoint", "cluster1", "network-a", "latest", "zone-a1",
@@ -209,12 +233,21 @@ fn mesh_json(plan: &Plan) -> serde_json::Value {
                      json!({})),
             workload("echo-v2", "backend", "echo", "node-b", "cluster2", "network-b", "v2", "zone-b2", plan.echo(2),
                      json!({})),
+            workload("ratings-v1", "backend", "ratings", "node-a", "cluster1", "network-a", "v1", "zone-a2",
+                     plan.ratings(), json!({})),
         ],
-        "services": [{
-            "hostname": SERVICE_HOST, "name": "echo", "namespace": "backend", "vip": "10.96.0.10",
-            "port": SERVICE_PORT, "target_port": SERVICE_PORT, "endpoints": ["echo-v1", "echo-v2"],
-            "waypoint": { "address": SocketAddr::new(plan.waypoint(), HBONE_PORT), "identity": identity("backend", "waypoint") },
-        }],
+        "services": [
+            {
+                "hostname": SERVICE_HOST, "name": "echo", "namespace": "backend", "vip": "10.96.0.10",
+                "port": SERVICE_PORT, "target_port": SERVICE_PORT, "endpoints": ["echo-v1", "echo-v2"],
+                "waypoint": waypoint_ref,
+            },
+            {
+                "hostname": LOCAL_SERVICE_HOST, "name": "ratings", "namespace": "backend", "vip": "10.96.0.11",
+                "port": SERVICE_PORT, "target_port": SERVICE_PORT, "endpoints": ["ratings-v1"],
+                "waypoint": waypoint_ref,
+            },
+        ],
     })
 }
 
@@ -236,10 +269,12 @@ impl Topology {
         for (n, name) in [(1, "echo-v1"), (2, "echo-v2")] {
             echo.push(EchoServer::start(name, SocketAddr::new(plan.echo(n), SERVICE_PORT)).await?);
         }
+        let ratings = EchoServer::start("ratings-v1", SocketAddr::new(plan.ratings(), SERVICE_PORT)).await?;
         let mut topology = Self {
             plan,
             dir,
             echo,
+            ratings,
             binaries,
             mesh_file,
             certs,
@@ -279,6 +314,7 @@ impl Topology {
                 admin: self.plan.waypoint_admin(),
                 access_log: &self.dir.join("waypoint-access.log"),
                 baggage_discovery: options.baggage_discovery,
+                telemetry: options.telemetry,
             },
         )
         .map_err(|e| HarnessError::Setup(format!("waypoint config: {e}")))?;
@@ -343,6 +379,17 @@ impl Topology {
     pub async fn start_waypoint(&mut self) -> Result<(), HarnessError> {
         self.waypoint = Some(self.start_envoy("waypoint", self.plan.waypoint_admin()).await?);
         Ok(())
+    }
+
+    /// CPU time the waypoint's Envoy has used so far.
+    pub fn waypoint_cpu_time(&self) -> Option<Duration> {
+        self.waypoint.as_ref()?.cpu_time()
+    }
+
+    /// SIGTERM to the waypoint: every tunnel it holds closes, so the gateway
+    /// logs the outer CONNECTs it carried (Envoy logs a stream when it ends).
+    pub fn stop_waypoint(&mut self) {
+        self.waypoint = None;
     }
 
     /// Whether the waypoint's Envoy process is still up.

@@ -86,6 +86,9 @@ enum Command {
         /// Istio's AMBIENT_ENABLE_BAGGAGE: peers from HBONE baggage (true) or TLS identities only.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         baggage_discovery: bool,
+        /// This project's filters; `false` renders a plain waypoint (a benchmark baseline).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        telemetry: bool,
         /// Template to render instead of the built-in envoy-configs/waypoint.yaml.in.
         #[arg(long, value_name = "FILE")]
         template: Option<PathBuf>,
@@ -131,6 +134,7 @@ fn main() -> anyhow::Result<()> {
             admin,
             access_log,
             baggage_discovery,
+            telemetry,
             template,
             out,
         } => {
@@ -145,6 +149,7 @@ fn main() -> anyhow::Result<()> {
                 admin,
                 access_log: &access_log,
                 baggage_discovery,
+                telemetry,
             };
             write_output(out, &waypoint::render(&template, &params)?)
         }

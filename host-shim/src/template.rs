@@ -25,6 +25,24 @@ pub fn fill(template: &str, replacements: &[(&str, String)]) -> Result<String, L
     }
 }
 
+/// Removes every block between `# >>> <name>` and `# <<< <name>` comment lines.
+pub fn drop_section(template: &str, name: &str) -> String {
+    let (open, close) = (format!("# >>> {name}"), format!("# <<< {name}"));
+    let mut inside = false;
+    let mut out = String::with_capacity(template.len());
+    for line in template.split_inclusive('\n') {
+        let marker = line.trim();
+        if marker == open {
+            inside = true;
+        } else if marker == close {
+            inside = false;
+        } else if !inside {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 /// A JSON string literal, which YAML reads as the same string.
 pub fn quoted(s: &str) -> String {
     serde_json::Value::from(s).to_string()
@@ -51,5 +69,12 @@ mod tests {
         assert_eq!(leftover_placeholder(r#""@type": x"#), None);
         assert_eq!(fill("a: @A@", &[("@A@", quoted("x\"y"))]), Ok(r#"a: "x\"y""#.to_owned()));
         assert_eq!(fill("# @A@ doc\na: @A@\n", &[("@A@", "1".into())]), Ok("# @A@ doc\na: 1\n".to_owned()));
+    }
+
+    #[test]
+    fn marked_sections_can_be_dropped() {
+        let text = "a\n  # >>> x\n  b\n  # <<< x\nc\n";
+        assert_eq!(drop_section(text, "x"), "a\nc\n");
+        assert_eq!(drop_section(text, "y"), text);
     }
 }

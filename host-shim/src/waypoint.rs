@@ -43,9 +43,12 @@ pub struct Waypoint<'a> {
     pub access_log: &'a Path,
     /// Istio's `AMBIENT_ENABLE_BAGGAGE`.
     pub baggage_discovery: bool,
+    /// This project's filters; without them a plain waypoint (the benchmarks' baseline).
+    pub telemetry: bool,
 }
 
 pub fn render(template: &str, params: &Waypoint<'_>) -> Result<String, WaypointError> {
+    let template = if params.telemetry { template.to_owned() } else { template::drop_section(template, "telemetry") };
     let mesh = params.mesh;
     let me = mesh.workload(params.workload).ok_or_else(|| WaypointError::UnknownWorkload(params.workload.into()))?;
     let identity = mesh.identity_of(me);
@@ -117,13 +120,16 @@ pub fn render(template: &str, params: &Waypoint<'_>) -> Result<String, WaypointE
         ("@NETWORK@", quoted(&me.network)),
         ("@ACCESS_LOG@", path(params.access_log)),
         ("@CONNECT_ROUTES@", Value::from(served.iter().map(|s| connect_route(s)).collect::<Vec<_>>()).to_string()),
-        ("@VIRTUAL_HOSTS@", Value::from(served.iter().map(|s| virtual_host(s)).collect::<Vec<_>>()).to_string()),
+        (
+            "@VIRTUAL_HOSTS@",
+            Value::from(served.iter().map(|s| virtual_host(s, params.telemetry)).collect::<Vec<_>>()).to_string(),
+        ),
         ("@SERVICE_CLUSTERS@", yaml_list_items(&clusters)),
         ("@DIRECT_SANS@", san_matchers(&direct_sans)),
         ("@REMOTE_SANS@", san_matchers(&remote_sans)),
         ("@GATEWAY_SANS@", san_matchers(&gateway_sans)),
     ];
-    Ok(template::fill(template, &replacements)?)
+    Ok(template::fill(&template, &replacements)?)
 }
 
 /// The Istio name of a waypoint's cluster for a service; the stats role reads
@@ -148,24 +154,30 @@ fn connect_route(s: &Service) -> Value {
 }
 
 /// Names an app may use for the service in `Host`.
-fn virtual_host(s: &Service) -> Value {
+fn virtual_host(s: &Service, telemetry: bool) -> Value {
     let short = format!("{}.{}", s.name, s.namespace);
     let mut names = vec![s.hostname.clone(), s.name.clone(), short.clone(), format!("{short}.svc")];
     if let Some(vip) = s.vip {
         names.push(vip.to_string());
     }
     let domains: Vec<String> = names.iter().flat_map(|n| [n.clone(), format!("{n}:{}", s.port)]).collect();
-    json!({
+    let mut host = json!({
         "name": s.hostname,
         "domains": domains,
         "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster_name(s), "timeout": "30s" } }],
+    });
+    if telemetry && let Some(host) = host.as_object_mut() {
         // The id of the upstream connection that carried the response: the stats
         // role finds the tunnel, hence the destination peer, from it.
-        "response_headers_to_add": [{
-            "header": { "key": UPSTREAM_CONNECTION_HEADER, "value": "%UPSTREAM_CONNECTION_ID%" },
-            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-        }],
-    })
+        host.insert(
+            "response_headers_to_add".into(),
+            json!([{
+                "header": { "key": UPSTREAM_CONNECTION_HEADER, "value": "%UPSTREAM_CONNECTION_ID%" },
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }]),
+        );
+    }
+    host
 }
 
 /// A same-network pod, reached by connect_originate at `<pod ip>:<hbone port>`.
@@ -192,6 +204,10 @@ fn remote_endpoint(s: &Service, network: &str, gateway: SocketAddr, pods: usize)
     })
 }
 
+/// How long a client connection's idle tunnel stays open. Pools are per client
+/// connection, so once the client has gone its tunnels only wait for this.
+const POOL_IDLE_TIMEOUT: &str = "5s";
+
 fn service_cluster(s: &Service, endpoints: Vec<Value>) -> Value {
     json!({
         "name": cluster_name(s),
@@ -200,6 +216,7 @@ fn service_cluster(s: &Service, endpoints: Vec<Value>) -> Value {
         "load_assignment": { "cluster_name": cluster_name(s), "endpoints": [{ "lb_endpoints": endpoints }] },
         "typed_extension_protocol_options": { "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": { "idle_timeout": POOL_IDLE_TIMEOUT },
             "explicit_http_config": { "http_protocol_options": {} },
         } },
         "transport_socket": {
@@ -248,6 +265,7 @@ mod tests {
             admin: "127.0.0.1:15000".parse().unwrap(),
             access_log: Path::new("/tmp/waypoint.log"),
             baggage_discovery: true,
+            telemetry: true,
         };
         let yaml = render(TEMPLATE, &params).unwrap();
         assert!(yaml.contains(r#""exact":"10.96.0.20:9080""#), "CONNECT route by VIP");
@@ -256,5 +274,11 @@ mod tests {
         assert!(yaml.contains(r#""destination":"127.10.2.100:15008""#), "details goes through the gateway");
         assert!(yaml.contains(r#""exact":"spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway""#));
         assert!(!yaml.contains(r#"{"san_type":"URI","matcher":{"safe_regex""#));
+        assert!(yaml.contains("x-wp-upconn") && yaml.contains("root_id: stats"));
+
+        let plain = render(TEMPLATE, &Waypoint { telemetry: false, ..params }).unwrap();
+        for gone in ["x-wp-upconn", "envoy.filters.http.wasm", "wp.downstream_peer", "header_mutation"] {
+            assert!(!plain.contains(gone), "{gone} is one of the project's filters");
+        }
     }
 }

@@ -96,7 +96,9 @@ impl Labels {
         let source_namespace = SpiffeId::parse(&source.principal).map_or(source.namespace.as_str(), |id| id.namespace);
         let source_revision =
             if source.canonical_revision.is_empty() { "latest".to_owned() } else { source.canonical_revision.clone() };
-        let mutual_tls = !source.principal.is_empty() && !destination.principal.is_empty();
+        // As Istio's stats filter for a waypoint: the policy of the downstream
+        // connection, which presented the client's certificate (or did not).
+        let mutual_tls = !source.principal.is_empty();
         Self([
             "waypoint".to_owned(),
             or_unknown(&source.workload_name),
@@ -125,7 +127,7 @@ impl Labels {
                 _ => String::new(),
             },
             if facts.response_flags.is_empty() { "-".to_owned() } else { facts.response_flags.to_owned() },
-            if mutual_tls { "mutual_tls" } else { UNKNOWN }.to_owned(),
+            if mutual_tls { "mutual_tls" } else { "none" }.to_owned(),
         ])
     }
 

@@ -349,6 +349,7 @@ fn failing_host_calls_degrade_to_unknown_and_are_counted() {
     let (labels, count) = host.requests_total();
     assert_eq!(count, 1, "the request is still counted");
     assert_eq!(labels["response_code"], "0");
+    assert_eq!(labels["connection_security_policy"], "none", "no client identity: not mutual TLS");
     assert!(host.defined.borrow().iter().any(|(_, n)| n == "waypoint_errors_total;reason=host_call"));
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use harness::prom;
-use harness::topology::{SERVICE_HOST, Topology};
+use harness::topology::Topology;
 use harness::traffic;
 
 const CLIENTS: usize = 4;
@@ -31,8 +31,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(topology: &Topology) -> anyhow::Result<()> {
     println!(
-        "\nsending traffic: {CLIENTS} curl clients x {REQUESTS_PER_CLIENT} keep-alive requests (each with its own \
-         application baggage), {SIDECAR_REQUESTS} from a sidecar-style client (x-envoy-peer-metadata)"
+        "\nsending traffic: {CLIENTS} curl clients x {REQUESTS_PER_CLIENT} keep-alive requests to echo in network-b \
+         (each with its own application baggage), {SIDECAR_REQUESTS} from a sidecar-style client \
+         (x-envoy-peer-metadata), {REQUESTS_PER_CLIENT} from curl to ratings in network-a"
     );
     let outcome = traffic::run_demo_load(topology, CLIENTS, REQUESTS_PER_CLIENT, SIDECAR_REQUESTS).await?;
     println!("  {} requests answered 200, {} failed", outcome.ok, outcome.failed);
@@ -70,7 +71,7 @@ async fn run(topology: &Topology) -> anyhow::Result<()> {
         );
     }
     println!("\n== what each server endpoint saw ==");
-    for echo in &topology.echo {
+    for echo in topology.echo.iter().chain([&topology.ratings]) {
         let seen = echo.seen();
         let with_app_baggage =
             seen.iter().filter(|s| s.baggage.as_deref().is_some_and(|b| b.starts_with("user="))).count();
@@ -86,6 +87,6 @@ async fn run(topology: &Topology) -> anyhow::Result<()> {
             leaked
         );
     }
-    println!("\nservice: {SERVICE_HOST}; stopping everything");
+    println!("\nstopping everything");
     Ok(())
 }

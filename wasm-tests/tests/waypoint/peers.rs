@@ -425,7 +425,7 @@ fn a_hostile_tls_identity_reads_unknown_and_is_counted() {
     series.assert_labels(&[
         ("destination_principal", "unknown"),
         ("destination_workload", "echo-v2"),
-        ("connection_security_policy", "unknown"),
+        ("connection_security_policy", "mutual_tls"),
     ]);
     assert_eq!(wp.errors("value_rejected"), 1, "{:?}", wp.all_errors());
     wp.assert_healthy();

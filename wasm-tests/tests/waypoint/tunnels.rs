@@ -87,7 +87,7 @@ fn a_failed_connect_closed_before_the_lookup_reads_unknown_never_a_younger_tunne
         ("destination_cluster", "unknown"),
         ("destination_service", "echo.backend.svc.cluster.local"),
         ("response_code", "503"),
-        ("connection_security_policy", "unknown"),
+        ("connection_security_policy", "mutual_tls"),
         ("source_workload", "curl"),
     ]);
     wp.close_tunnel(t25);
@@ -117,7 +117,7 @@ fn a_request_flagged_uf_gets_an_unknown_destination() {
         for (name, want) in [
             ("destination_workload", "unknown"),
             ("destination_principal", "unknown"),
-            ("connection_security_policy", "unknown"),
+            ("connection_security_policy", "mutual_tls"),
         ] {
             if series.label(name) != want {
                 wrong.push(format!(
