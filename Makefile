@@ -9,7 +9,7 @@ ENVOY_BIN := $(CURDIR)/.venv/lib/python3.11/site-packages/envoy/_bin/envoy
 WAYPOINT_WASM := $(CURDIR)/dist/waypoint.wasm
 export ENVOY_BIN WAYPOINT_WASM
 
-.PHONY: help setup build demo test test-native test-wasm-engine lint bench fuzz testbed testbed-down testbed-test clean
+.PHONY: help setup build demo test test-native test-wasm-engine lint bench fuzz soak testbed testbed-down testbed-test clean
 
 help:
 	@echo "make demo    - the two-network mesh on loopback: traffic, then the two-sided metrics"
@@ -17,6 +17,7 @@ help:
 	@echo "make build   - dist/waypoint.wasm and dist/host-shim"
 	@echo "make bench   - side-by-side benchmarks"
 	@echo "make fuzz    - libFuzzer on every decoder (FUZZ_SECONDS each)"
+	@echo "make soak    - the mesh under connection churn for SOAK_SECONDS"
 	@echo "make testbed - the two-cluster Docker testbed (make testbed-test, make testbed-down)"
 
 setup:
@@ -50,9 +51,10 @@ test-wasm-engine:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  $(CARGO) test -p waypoint-core --target wasm32-unknown-unknown --test codec
 
-# The waypoint's CPU per request with vs without the filters (side by side, one run),
-# then one HBONE tunnel's throughput vs a plain TLS stream.
+# The waypoint's CPU per request: plain, with a do-nothing module, with ours (side by
+# side, one run); then one HBONE tunnel's throughput vs a plain TLS stream.
 bench: build
+	$(CARGO) build --release -q -p noop-filter --target wasm32-wasip1
 	$(CARGO) run --release -q -p harness --bin bench
 	$(CARGO) bench -q -p host-shim --bench tunnel
 
@@ -66,6 +68,12 @@ fuzz: setup
 	cd fuzz && for target in $(FUZZ_TARGETS); do \
 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -s none -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | grep -E '^(Done|==|SUMMARY)' || exit 1; \
 	done
+
+# The mesh under steady connection churn for SOAK_SECONDS: no failure, exact counts,
+# no degradation, memory and tunnels settle.
+SOAK_SECONDS ?= 120
+soak: build
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) run --release -q -p harness --bin soak
 
 # The Docker testbed (testbed/README.md): images built locally (no registry), then up.
 testbed: build

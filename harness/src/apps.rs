@@ -78,9 +78,11 @@ fn answer(workload: &str, request: &Request<Incoming>, seen: &Mutex<Vec<Seen>>) 
     let record = Seen {
         path: request.uri().path().to_owned(),
         baggage: header("baggage"),
-        peer_metadata_leaked: ["x-envoy-peer-metadata", "x-envoy-peer-metadata-id", "x-wp-upconn"]
-            .iter()
-            .any(|name| request.headers().contains_key(*name)),
+        // The sidecar headers, and the waypoint's internal x-wp-* headers.
+        peer_metadata_leaked: request.headers().keys().any(|name| {
+            let name = name.as_str();
+            name.starts_with("x-wp-") || name == "x-envoy-peer-metadata" || name == "x-envoy-peer-metadata-id"
+        }),
         headers: request
             .headers()
             .iter()

@@ -30,18 +30,24 @@ impl Process {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// CPU time (user + system, all threads) the process has used so far.
+    /// CPU time the process's threads have used so far, in nanoseconds as the
+    /// scheduler counts it (`/proc/<pid>/task/*/schedstat`), not in 10 ms ticks.
     pub fn cpu_time(&self) -> Option<Duration> {
         let pid = self.child.as_ref()?.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name (which may hold spaces) start at field 3; utime and stime are 14 and 15.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        #[allow(unsafe_code)]
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let per_second = u64::try_from(per_second).ok().filter(|t| *t > 0)?;
-        Some(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / per_second))
+        let mut total: u64 = 0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            total += stat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0);
+        }
+        Some(Duration::from_nanos(total))
+    }
+
+    /// Resident memory, from `/proc/<pid>/status`.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
     }
 
     /// SIGTERM, a short grace period, then SIGKILL.

@@ -36,7 +36,7 @@ pub fn sum_by(text: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
 
 /// The sum of every sample of metric `name`.
 pub fn total(text: &str, name: &str) -> f64 {
-    samples(text, name).iter().map(|s| s.value).sum()
+    samples(text, name).iter().fold(0.0, |sum, s| sum + s.value)
 }
 
 /// The label names of one exposition line, in the order they are written.

@@ -134,11 +134,14 @@ pub struct Options {
     pub baggage_discovery: bool,
     /// The waypoint with this project's filters; without, a plain waypoint (benchmark baseline).
     pub telemetry: bool,
+    /// Another module in the filters' places (the benchmark's do-nothing floor); `None`:
+    /// the waypoint module.
+    pub module: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { baggage_discovery: true, telemetry: true }
+        Self { baggage_discovery: true, telemetry: true, module: None }
     }
 }
 
@@ -310,7 +313,7 @@ impl Topology {
                 mesh,
                 workload: "waypoint",
                 certs: &certs,
-                wasm: &self.binaries.wasm,
+                wasm: options.module.as_ref().unwrap_or(&self.binaries.wasm),
                 admin: self.plan.waypoint_admin(),
                 access_log: &self.dir.join("waypoint-access.log"),
                 baggage_discovery: options.baggage_discovery,
@@ -390,6 +393,15 @@ impl Topology {
     /// logs the outer CONNECTs it carried (Envoy logs a stream when it ends).
     pub fn stop_waypoint(&mut self) {
         self.waypoint = None;
+    }
+
+    /// Resident memory of every process of the mesh, by name.
+    pub fn memory(&self) -> Vec<(String, u64)> {
+        [&self.waypoint, &self.gateway, &self.ztunnel_a, &self.ztunnel_b]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone(), p.rss_bytes()?)))
+            .collect()
     }
 
     /// Whether the waypoint's Envoy process is still up.

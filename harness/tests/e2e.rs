@@ -395,7 +395,7 @@ async fn apps_never_see_mesh_metadata_and_their_own_baggage_passes_byte_for_byte
         for n in 0..PER_CLIENT {
             let reply = connection.get(&service_host(), &format!("/{name}/{n}"), &sent).await.expect("request");
             assert_eq!(reply.status, 200, "{}", reply.text());
-            for leaked in ["x-wp-upconn", "baggage", "x-envoy-peer-metadata", "x-envoy-peer-metadata-id"] {
+            for leaked in ["x-wp-upconn", "x-wp-service", "x-wp-peer", "baggage", "x-envoy-peer-metadata"] {
                 assert_eq!(header(&reply, leaked), None, "the client got {leaked} in a response: {:?}", reply.headers);
             }
             assert_eq!(reply.json()["baggage"].as_str(), baggage, "the app's echo of its baggage");
@@ -413,8 +413,9 @@ async fn apps_never_see_mesh_metadata_and_their_own_baggage_passes_byte_for_byte
         assert!(!request.peer_metadata_leaked, "{client}: peer metadata reached the app: {:?}", request.headers);
         for (name, value) in &request.headers {
             assert!(
-                !["x-envoy-peer-metadata", "x-envoy-peer-metadata-id", "x-wp-upconn", "x-forwarded-network"]
-                    .contains(&name.as_str()),
+                !["x-envoy-peer-metadata", "x-envoy-peer-metadata-id", "x-forwarded-network"]
+                    .contains(&name.as_str())
+                    && !name.starts_with("x-wp-"),
                 "{client}: {name} reached the app"
             );
             if name != "baggage" {

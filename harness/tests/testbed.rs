@@ -611,11 +611,13 @@ impl Testbed {
         let ratio = if min == 0 { f64::INFINITY } else { max as f64 / min as f64 };
         let detail = format!(
             "{ok} of {BURST_CONNECTIONS} new connections answered ({failed} failed) in {:.1}s; replies by endpoint {}; \
-             servers logged {}; max/min {ratio:.2} (limit {MAX_SHARE_RATIO}); new tunnels at ztunnel-b: {}",
+             servers logged {}; max/min {ratio:.2} (limit {MAX_SHARE_RATIO}); new tunnels at ztunnel-b: {}; \
+             first errors: {}",
             summary.get("seconds").and_then(Value::as_f64).unwrap_or(0.0),
             shares.iter().map(|(e, n)| format!("{e} {n}")).collect::<Vec<_>>().join(", "),
             served.iter().map(|(e, n)| format!("{e} {n}")).collect::<Vec<_>>().join(", "),
             new_tunnels.join(", "),
+            summary.get("errors").map(Value::to_string).unwrap_or_default(),
         );
         ensure!(ok == BURST_CONNECTIONS as u64 && failed == 0, "{detail}");
         ensure!(served == shares, "the servers' logs disagree with the replies: {detail}");

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use serde_json::{Value, json};
-use waypoint_core::roles::{DOWNSTREAM_FORMAT, UPSTREAM_CONNECTION_HEADER};
+use waypoint_core::roles::{DOWNSTREAM_FORMAT, SERVICE_HEADER, UPSTREAM_CONNECTION_HEADER};
 
 use crate::ca::{CaError, CertDir};
 use crate::config::{Mesh, Service, Workload};
@@ -167,14 +167,21 @@ fn virtual_host(s: &Service, telemetry: bool) -> Value {
         "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster_name(s), "timeout": "30s" } }],
     });
     if telemetry && let Some(host) = host.as_object_mut() {
-        // The id of the upstream connection that carried the response: the stats
-        // role finds the tunnel, hence the destination peer, from it.
+        // For the stats role, in the response headers it reads anyway: the id of the
+        // upstream connection that carried the response (which finds the tunnel, hence
+        // the destination peer) and the service the route chose.
         host.insert(
             "response_headers_to_add".into(),
-            json!([{
-                "header": { "key": UPSTREAM_CONNECTION_HEADER, "value": "%UPSTREAM_CONNECTION_ID%" },
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }]),
+            json!([
+                {
+                    "header": { "key": UPSTREAM_CONNECTION_HEADER, "value": "%UPSTREAM_CONNECTION_ID%" },
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                },
+                {
+                    "header": { "key": SERVICE_HEADER, "value": cluster_name(s) },
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                },
+            ]),
         );
     }
     host
@@ -206,13 +213,23 @@ fn remote_endpoint(s: &Service, network: &str, gateway: SocketAddr, pods: usize)
 
 /// How long a client connection's idle tunnel stays open. Pools are per client
 /// connection, so once the client has gone its tunnels only wait for this.
-const POOL_IDLE_TIMEOUT: &str = "5s";
+const POOL_IDLE_TIMEOUT: &str = "2s";
+
+/// Istio's circuit breakers: none. With a pool per client connection, Envoy's
+/// default of 1024 connections per cluster refuses clients under ordinary churn.
+fn unlimited() -> Value {
+    let max = u32::MAX;
+    json!({ "thresholds": [{
+        "max_connections": max, "max_pending_requests": max, "max_requests": max, "max_retries": max,
+    }] })
+}
 
 fn service_cluster(s: &Service, endpoints: Vec<Value>) -> Value {
     json!({
         "name": cluster_name(s),
         "connect_timeout": "5s",
         "lb_policy": "ROUND_ROBIN",
+        "circuit_breakers": unlimited(),
         "load_assignment": { "cluster_name": cluster_name(s), "endpoints": [{ "lb_endpoints": endpoints }] },
         "typed_extension_protocol_options": { "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -277,7 +294,7 @@ mod tests {
         assert!(yaml.contains("x-wp-upconn") && yaml.contains("root_id: stats"));
 
         let plain = render(TEMPLATE, &Waypoint { telemetry: false, ..params }).unwrap();
-        for gone in ["x-wp-upconn", "envoy.filters.http.wasm", "wp.downstream_peer", "header_mutation"] {
+        for gone in ["x-wp-", "envoy.filters.http.wasm", "wp.downstream_peer", "header_mutation"] {
             assert!(!plain.contains(gone), "{gone} is one of the project's filters");
         }
     }

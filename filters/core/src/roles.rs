@@ -7,10 +7,18 @@
 //! - [`Stats`] on main_internal: at stream end, emits the Istio metrics with
 //!   both peers' labels.
 //!
-//! The downstream peer reaches main_internal through Envoy filter state that
-//! the stock `set_filter_state` filter writes on connect_terminate (a wasm
-//! filter cannot share filter state with upstream connections):
-//! [`DOWNSTREAM_FILTER_STATE`], formatted as [`DOWNSTREAM_FORMAT`].
+//! Host calls are the cost that matters, so the stats role reads each request's
+//! facts from the two header maps it reads anyway; Envoy's config puts them
+//! there natively and removes them before the request or response leaves:
+//!
+//! - the downstream peer: stock `set_filter_state` on connect_terminate stores
+//!   [`DOWNSTREAM_FORMAT`] as [`DOWNSTREAM_FILTER_STATE`], shared with
+//!   main_internal (a wasm filter cannot share filter state upstream), where a
+//!   `header_mutation` copies it into the request header [`DOWNSTREAM_HEADER`];
+//! - the tunnel that carried the response: [`UPSTREAM_CONNECTION_HEADER`];
+//! - the service the route chose: [`SERVICE_HEADER`].
+//!
+//! Only what is known at stream end (flags, duration, sizes) is read as properties.
 
 use crate::baggage;
 use crate::config::PluginConfig;
@@ -25,12 +33,16 @@ use crate::worker::{ErrorReason, Observation, TunnelState, Worker};
 /// Filter state key holding the downstream peer, shared once with main_internal.
 pub const DOWNSTREAM_FILTER_STATE: &str = "wp.downstream_peer";
 /// What connect_terminate's `set_filter_state` stores under that key: the TLS
-/// identity, the CONNECT `baggage` and the CONNECT legacy header, one per line
-/// (`omit_empty_values: true` so that absent ones are empty, not `-`).
-pub const DOWNSTREAM_FORMAT: &str = "%DOWNSTREAM_PEER_URI_SAN%\n%REQ(baggage)%\n%REQ(x-envoy-peer-metadata)%";
-/// Response header main_internal's tunnel routes add with `%UPSTREAM_CONNECTION_ID%`
-/// (and a native filter removes after the stats filter has read it).
+/// identity, the CONNECT legacy header and the CONNECT `baggage`, separated by
+/// one space (`omit_empty_values: true`, so absent ones are empty, not `-`).
+/// Only the last part may hold spaces: a URI and base64 cannot.
+pub const DOWNSTREAM_FORMAT: &str = "%DOWNSTREAM_PEER_URI_SAN% %REQ(x-envoy-peer-metadata)% %REQ(baggage)%";
+/// Request header carrying [`DOWNSTREAM_FILTER_STATE`] to the stats filter.
+pub const DOWNSTREAM_HEADER: &str = "x-wp-peer";
+/// Response header main_internal's tunnel routes add with `%UPSTREAM_CONNECTION_ID%`.
 pub const UPSTREAM_CONNECTION_HEADER: &str = "x-wp-upconn";
+/// Response header main_internal's routes add: the name of the cluster they route to.
+pub const SERVICE_HEADER: &str = "x-wp-service";
 
 const BAGGAGE: &str = "baggage";
 
@@ -147,10 +159,12 @@ impl Upstream {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestState {
     grpc: bool,
-    inner_legacy: Option<Vec<u8>>,
+    source: u32,
     response_code: u32,
     grpc_status: Option<u32>,
     destination: u32,
+    /// `None` until the response headers name it.
+    service: Option<u32>,
 }
 
 /// main_internal: one instance per inner HTTP request.
@@ -164,28 +178,34 @@ impl Stats {
         Self { config }
     }
 
-    /// Notes whether the request is gRPC and consumes a sidecar's legacy header.
+    /// The source peer and whether the request is gRPC; consumes a sidecar's legacy header.
     pub fn on_request_headers(&self, host: &impl Host, worker: &mut Worker, state: &mut RequestState) {
         let Some(headers) = counted(host.headers(HeaderMap::Request), host, worker) else { return };
         state.grpc = find_header(&headers, "content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"));
+        let mut inner_legacy = None;
         if self.config.legacy_discovery
             && let Some(raw) = find_header(&headers, legacy::HEADER)
         {
-            state.inner_legacy = Some(raw.to_vec());
+            inner_legacy = Some(raw);
             counted(host.remove_header(HeaderMap::Request, legacy::HEADER), host, worker);
             if find_header(&headers, legacy::ID_HEADER).is_some() {
                 counted(host.remove_header(HeaderMap::Request, legacy::ID_HEADER), host, worker);
             }
         }
+        let downstream = find_header(&headers, DOWNSTREAM_HEADER).unwrap_or_default();
+        state.source = self.downstream_peer(downstream, inner_legacy, host, worker);
     }
 
-    /// Reads the status and binds the destination while its tunnel is surely alive.
+    /// Reads the status, the service, and binds the destination while its tunnel is surely alive.
     pub fn on_response_headers(&self, host: &impl Host, worker: &mut Worker, state: &mut RequestState) {
         let Some(headers) = counted(host.headers(HeaderMap::Response), host, worker) else { return };
         state.response_code = find_header(&headers, ":status").and_then(parse_u32).unwrap_or(0);
         if state.grpc {
             // A trailers-only gRPC answer carries its status in the headers.
             state.grpc_status = find_header(&headers, "grpc-status").and_then(parse_u32);
+        }
+        if let Some(cluster) = find_header(&headers, SERVICE_HEADER) {
+            state.service = Some(self.service(cluster, host, worker));
         }
         let Some(x) = find_header(&headers, UPSTREAM_CONNECTION_HEADER).and_then(parse_u64) else { return };
         state.destination = match worker.tunnels.carrier_of(x) {
@@ -212,15 +232,18 @@ impl Stats {
         let read = |worker: &mut Worker, path: &[&str]| counted(host.property(path), host, worker).flatten();
         let number = |worker: &mut Worker, path: &[&str]| read(worker, path).and_then(|b| le_u64(&b)).unwrap_or(0);
 
-        let raw = read(worker, &["filter_state", DOWNSTREAM_FILTER_STATE]).unwrap_or_default();
-        let source = self.downstream_peer(raw, state.inner_legacy.as_deref(), host, worker);
-        let cluster = read(worker, &["xds", "cluster_name"]).unwrap_or_default();
-        let service = RoutedService::from_cluster_name(&cluster, self.config.limits.max_value_bytes);
-        let service = worker.service_id(service, host);
+        // Without response headers (a reset before any answer) the route names the service.
+        let service = match state.service {
+            Some(service) => service,
+            None => {
+                let cluster = read(worker, &["xds", "cluster_name"]).unwrap_or_default();
+                self.service(&cluster, host, worker)
+            }
+        };
         let response_flags = number(worker, &["response", "flags"]);
         let destination = if response_flags::no_upstream_reached(response_flags) { 0 } else { state.destination };
         let observation = Observation {
-            source,
+            source: state.source,
             destination,
             service,
             response_code: state.response_code,
@@ -236,32 +259,31 @@ impl Stats {
         }
     }
 
+    fn service(&self, cluster: &[u8], host: &impl Host, worker: &mut Worker) -> u32 {
+        let service = RoutedService::from_cluster_name(cluster, self.config.limits.max_value_bytes);
+        worker.service_id(service, host)
+    }
+
     /// The downstream peer id: from the CONNECT `baggage`, else the CONNECT
     /// legacy header, else the inner request's legacy header; the principal
     /// always from TLS. Decoded once per distinct input.
-    fn downstream_peer(
-        &self,
-        mut raw: Vec<u8>,
-        inner_legacy: Option<&[u8]>,
-        host: &impl Host,
-        worker: &mut Worker,
-    ) -> u32 {
-        if let Some(inner) = inner_legacy {
-            raw.push(b'\n');
-            raw.extend_from_slice(inner);
-        }
-        worker.downstream_peer(&raw, host, |worker| {
-            let mut lines = raw.splitn(4, |b| *b == b'\n');
-            let san = lines.next().unwrap_or_default();
-            let connect_baggage = lines.next().unwrap_or_default();
-            let connect_legacy = lines.next().unwrap_or_default();
-            let inner_legacy = lines.next().unwrap_or_default();
+    fn downstream_peer(&self, raw: &[u8], inner_legacy: Option<&[u8]>, host: &impl Host, worker: &mut Worker) -> u32 {
+        let key: std::borrow::Cow<'_, [u8]> = match inner_legacy {
+            None => raw.into(),
+            // A NUL cannot occur in a header value, so the two parts cannot run together.
+            Some(inner) => [raw, b"\0", inner].concat().into(),
+        };
+        worker.downstream_peer(&key, host, |worker| {
+            let mut parts = raw.splitn(3, |b| *b == b' ');
+            let san = parts.next().unwrap_or_default();
+            let connect_legacy = parts.next().unwrap_or_default();
+            let connect_baggage = parts.next().unwrap_or_default();
             let mut peer = Peer::default();
             if self.config.baggage_discovery && !connect_baggage.is_empty() {
                 peer = decode_baggage(connect_baggage, &self.config, host, worker);
             }
             if self.config.legacy_discovery {
-                for candidate in [connect_legacy, inner_legacy] {
+                for candidate in [connect_legacy, inner_legacy.unwrap_or_default()] {
                     if peer.is_empty() && !candidate.is_empty() {
                         peer = decode_legacy(candidate, &self.config, host, worker);
                     }

@@ -132,13 +132,14 @@ fn waypoint_config() -> PluginConfig {
     )
 }
 
-fn filter_state(san: &str, baggage: &str, legacy: &str) -> Vec<u8> {
-    format!("{san}\n{baggage}\n{legacy}").into_bytes()
+/// What Envoy hands the stats role in `x-wp-peer` (see `DOWNSTREAM_FORMAT`).
+fn downstream(san: &str, baggage: &str, legacy: &str) -> String {
+    format!("{san} {legacy} {baggage}")
 }
 
 /// One tunnel with connection id 8 answered by `server_baggage`, then one
 /// inner request whose upstream connection was id 7, ending with `status`.
-fn one_request(config: PluginConfig, downstream: Vec<u8>, server_baggage: &str, inner: &[(&str, &str)]) -> FakeHost {
+fn one_request(config: PluginConfig, peer: String, server_baggage: &str, inner: &[(&str, &str)]) -> FakeHost {
     let mut worker = Worker::new(&config.limits);
     let upstream = Upstream::new(config.clone());
     let tunnel_host = FakeHost::default()
@@ -151,11 +152,11 @@ fn one_request(config: PluginConfig, downstream: Vec<u8>, server_baggage: &str, 
     upstream.on_connect_response(&tunnel_host, &mut worker, 8);
 
     let stats = Stats::new(config);
+    let mut request: Vec<(&str, &str)> = inner.to_vec();
+    request.push(("x-wp-peer", &peer));
     let host = FakeHost::default()
-        .with(HeaderMap::Request, inner)
-        .with(HeaderMap::Response, &[(":status", "200"), ("x-wp-upconn", "7")])
-        .prop("filter_state.wp.downstream_peer", &downstream)
-        .prop("xds.cluster_name", CLUSTER.as_bytes())
+        .with(HeaderMap::Request, &request)
+        .with(HeaderMap::Response, &[(":status", "200"), ("x-wp-upconn", "7"), ("x-wp-service", CLUSTER)])
         .num("response.flags", 0)
         .num("request.duration", 3_000_000)
         .num("request.total_size", 120)
@@ -210,7 +211,7 @@ fn the_upstream_connect_carries_our_baggage() {
 fn both_peers_name_the_request_in_all_25_labels() {
     let host = one_request(
         waypoint_config(),
-        filter_state(CLIENT_SAN, CLIENT_BAGGAGE, ""),
+        downstream(CLIENT_SAN, CLIENT_BAGGAGE, ""),
         SERVER_BAGGAGE,
         &[(":path", "/"), ("baggage", "app=1")],
     );
@@ -259,7 +260,7 @@ fn both_peers_name_the_request_in_all_25_labels() {
 #[test]
 fn the_identity_namespace_beats_the_claimed_one() {
     let lying = CLIENT_BAGGAGE.replace("k8s.namespace.name=frontend", "k8s.namespace.name=kube-system");
-    let host = one_request(waypoint_config(), filter_state(CLIENT_SAN, &lying, ""), SERVER_BAGGAGE, &[]);
+    let host = one_request(waypoint_config(), downstream(CLIENT_SAN, &lying, ""), SERVER_BAGGAGE, &[]);
     assert_eq!(host.requests_total().0["source_workload_namespace"], "frontend");
 }
 
@@ -279,7 +280,7 @@ fn a_sidecar_legacy_header_on_the_inner_request_is_consumed() {
     let encoded = legacy::encode(&sidecar);
     let host = one_request(
         waypoint_config(),
-        filter_state(CLIENT_SAN, "", ""),
+        downstream(CLIENT_SAN, "", ""),
         SERVER_BAGGAGE,
         &[("x-envoy-peer-metadata", &encoded), ("x-envoy-peer-metadata-id", "sidecar~1.2.3.4~pp~frontend")],
     );
@@ -294,7 +295,7 @@ fn a_sidecar_legacy_header_on_the_inner_request_is_consumed() {
 #[test]
 fn with_baggage_discovery_off_only_tls_identities_are_known() {
     let off = config(r#"{"baggage_discovery": false}"#);
-    let host = one_request(off, filter_state(CLIENT_SAN, CLIENT_BAGGAGE, ""), SERVER_BAGGAGE, &[]);
+    let host = one_request(off, downstream(CLIENT_SAN, CLIENT_BAGGAGE, ""), SERVER_BAGGAGE, &[]);
     let (labels, _) = host.requests_total();
     assert_eq!(labels["source_workload"], "unknown");
     assert_eq!(labels["source_workload_namespace"], "frontend", "from the SPIFFE identity");
@@ -306,7 +307,7 @@ fn with_baggage_discovery_off_only_tls_identities_are_known() {
 #[test]
 fn garbled_baggage_reads_unknown_field_by_field_and_is_counted() {
     let garbled = "k8s.cluster.name=clu;ster1,k8s.namespace.name=frontend,k8s.deployment.name=curl\u{1}";
-    let host = one_request(waypoint_config(), filter_state(CLIENT_SAN, garbled, ""), SERVER_BAGGAGE, &[]);
+    let host = one_request(waypoint_config(), downstream(CLIENT_SAN, garbled, ""), SERVER_BAGGAGE, &[]);
     let (labels, _) = host.requests_total();
     assert_eq!(labels["source_cluster"], "unknown");
     assert_eq!(labels["source_workload"], "unknown");
@@ -359,8 +360,8 @@ fn each_label_set_is_defined_once() {
     let mut worker = Worker::new(&config.limits);
     let stats = Stats::new(config);
     let host = FakeHost::default()
-        .with(HeaderMap::Response, &[(":status", "200")])
-        .prop("filter_state.wp.downstream_peer", &filter_state(CLIENT_SAN, CLIENT_BAGGAGE, ""));
+        .with(HeaderMap::Request, &[("x-wp-peer", &downstream(CLIENT_SAN, CLIENT_BAGGAGE, ""))])
+        .with(HeaderMap::Response, &[(":status", "200")]);
     for _ in 0..100 {
         let mut state = RequestState::default();
         stats.on_request_headers(&host, &mut worker, &mut state);
@@ -369,4 +370,21 @@ fn each_label_set_is_defined_once() {
     }
     assert_eq!(host.defined.borrow().len(), 4);
     assert_eq!(host.requests_total().1, 100);
+}
+
+#[test]
+fn a_request_reset_before_any_answer_still_names_its_service_from_the_route() {
+    let config = waypoint_config();
+    let mut worker = Worker::new(&config.limits);
+    let stats = Stats::new(config);
+    let host = FakeHost::default()
+        .with(HeaderMap::Request, &[("x-wp-peer", &downstream(CLIENT_SAN, CLIENT_BAGGAGE, ""))])
+        .prop("xds.cluster_name", CLUSTER.as_bytes());
+    let mut state = RequestState::default();
+    stats.on_request_headers(&host, &mut worker, &mut state);
+    stats.on_log(&host, &mut worker, &state);
+    let (labels, _) = host.requests_total();
+    assert_eq!(labels["destination_service"], "echo.backend.svc.cluster.local");
+    assert_eq!(labels["response_code"], "0");
+    assert_eq!(labels["source_workload"], "curl");
 }

@@ -1,17 +1,28 @@
-//! `make bench`, part 1: the waypoint's CPU per request with this project's
-//! filters against the same waypoint without them, measured side by side in
-//! one run. Two meshes run at once; rounds alternate between them so that
-//! both see the same machine. Only the waypoint process's CPU is counted.
+//! `make bench`, part 1: the waypoint's CPU per request, side by side in one
+//! run, for three waypoints on the same mesh:
+//!
+//! - plain: Istio's listener topology without this project's filters;
+//! - floor: our Envoy config with a proxy-wasm module that does nothing, i.e.
+//!   what Envoy charges for a wasm filter in each of the three positions;
+//! - waypoint: our config with dist/waypoint.wasm.
+//!
+//! The three meshes run at once; rounds rotate the order among them so every
+//! one sees the same machine, and only the waypoint process's CPU is counted.
+//! The machine is shared and noisy, so the figures are medians over rounds.
+//!
+//! Arguments, if any, are more builds of the module to compare the same way
+//! (`cargo run --release -p harness --bin bench -- /tmp/candidate.wasm`).
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use harness::topology::{Options, Topology};
+use harness::topology::{Options, Topology, workspace_root};
 use harness::traffic;
 
-const ROUNDS: usize = 5;
-const CONNECTIONS: usize = 4;
-const REQUESTS_PER_CONNECTION: usize = 500;
+const ROUNDS: usize = 9;
+const CLIENTS: usize = 4;
+const REQUESTS_PER_CLIENT: usize = 400;
 
 /// How clients use their connections.
 #[derive(Clone, Copy)]
@@ -29,77 +40,100 @@ impl Shape {
             Shape::Churn => "new connection every 10 requests",
         }
     }
-    fn requests_per_connection(self) -> usize {
+    fn per_connection(self) -> usize {
         match self {
-            Shape::KeepAlive => REQUESTS_PER_CONNECTION,
+            Shape::KeepAlive => usize::MAX,
             Shape::Churn => 10,
         }
     }
 }
 
+struct Variant {
+    name: String,
+    mesh: Topology,
+    /// CPU µs per request, one per round.
+    samples: Vec<f64>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let with = Topology::start(Options::default()).await.context("the mesh with the filters")?;
-    let without = Topology::start(Options { telemetry: false, ..Options::default() }).await.context("the plain mesh")?;
-    println!("waypoint CPU per request, with this project's filters vs a plain waypoint (same Envoy 1.40, same mesh)");
-    println!("{ROUNDS} alternating rounds of {} requests per side, {CONNECTIONS} concurrent clients", CONNECTIONS * REQUESTS_PER_CONNECTION);
+    let noop = std::env::var_os("NOOP_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/wasm32-wasip1/release/noop_filter.wasm"));
+    if !noop.is_file() {
+        bail!("{} is missing: cargo build --release -p noop-filter --target wasm32-wasip1", noop.display());
+    }
+    let mut variants = vec![
+        ("plain".to_owned(), Options { telemetry: false, ..Options::default() }),
+        ("floor".to_owned(), Options { module: Some(noop), ..Options::default() }),
+        ("waypoint".to_owned(), Options::default()),
+    ];
+    for candidate in std::env::args().skip(1).map(PathBuf::from) {
+        let name = candidate.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        variants.push((name, Options { module: Some(candidate), ..Options::default() }));
+    }
+    let mut meshes = Vec::new();
+    for (name, options) in variants {
+        let mesh = Topology::start(options).await.with_context(|| format!("starting the {name} mesh"))?;
+        meshes.push(Variant { name, mesh, samples: Vec::new() });
+    }
+    println!("waypoint CPU per request (Envoy 1.40, --concurrency 2), medians of {ROUNDS} rotating rounds");
+    println!("of {} requests per waypoint from {CLIENTS} concurrent clients", CLIENTS * REQUESTS_PER_CLIENT);
     for shape in [Shape::KeepAlive, Shape::Churn] {
-        // One warm-up round each: VM start, first label sets, pools.
-        load(&with, shape).await?;
-        load(&without, shape).await?;
-        let (mut ratios, mut total_with, mut total_without) = (Vec::new(), Duration::ZERO, Duration::ZERO);
-        for _ in 0..ROUNDS {
-            let a = load(&with, shape).await?;
-            let b = load(&without, shape).await?;
-            ratios.push(a.cpu.as_secs_f64() / b.cpu.as_secs_f64().max(1e-9));
-            total_with += a.cpu;
-            total_without += b.cpu;
+        for v in &meshes {
+            load(&v.mesh, shape).await?; // warm-up: VM start, first label sets, pools
         }
-        ratios.sort_by(f64::total_cmp);
-        let requests = (ROUNDS * CONNECTIONS * REQUESTS_PER_CONNECTION) as f64;
-        println!(
-            "  {:<34} with: {:>6.1} µs/request   plain: {:>6.1} µs/request   ratio {:.2} (median of rounds {:.2}, range {:.2}-{:.2})",
-            shape.name(),
-            total_with.as_secs_f64() * 1e6 / requests,
-            total_without.as_secs_f64() * 1e6 / requests,
-            total_with.as_secs_f64() / total_without.as_secs_f64().max(1e-9),
-            ratios.get(ratios.len() / 2).copied().unwrap_or_default(),
-            ratios.first().copied().unwrap_or_default(),
-            ratios.last().copied().unwrap_or_default(),
-        );
+        for v in &mut meshes {
+            v.samples.clear();
+        }
+        let count = meshes.len();
+        for round in 0..ROUNDS {
+            for i in 0..count {
+                if let Some(v) = meshes.get_mut((i + round) % count) {
+                    let cpu = load(&v.mesh, shape).await?;
+                    v.samples.push(cpu.as_secs_f64() * 1e6 / (CLIENTS * REQUESTS_PER_CLIENT) as f64);
+                }
+            }
+        }
+        let plain = meshes.first().map(|v| median(&v.samples)).unwrap_or(1.0);
+        println!("  {}:", shape.name());
+        for v in &meshes {
+            println!(
+                "    {:<12} {:>6.1} µs/request (rounds {:>6.1}-{:>6.1})   x{:.2} of plain",
+                v.name,
+                median(&v.samples),
+                v.samples.iter().copied().fold(f64::INFINITY, f64::min),
+                v.samples.iter().copied().fold(0.0, f64::max),
+                median(&v.samples) / plain
+            );
+        }
     }
     Ok(())
 }
 
-struct Measured {
-    cpu: Duration,
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
 
-/// One round against one mesh: every request must succeed.
-async fn load(topology: &Topology, shape: Shape) -> anyhow::Result<Measured> {
+/// One round against one mesh; every request must succeed.
+async fn load(topology: &Topology, shape: Shape) -> anyhow::Result<Duration> {
     let entry = topology.plan.outbound(topology.plan.curl());
     let before = topology.waypoint_cpu_time().context("reading the waypoint's CPU time")?;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for n in 0..CONNECTIONS {
+    let mut clients = Vec::new();
+    for n in 0..CLIENTS {
         let headers = vec![("baggage".to_owned(), traffic::app_baggage(n))];
-        let per_connection = shape.requests_per_connection();
-        tasks.push(tokio::spawn(async move {
-            let mut outcome = traffic::Outcome::default();
-            for _ in 0..REQUESTS_PER_CONNECTION / per_connection {
-                outcome = outcome + traffic::client(entry, per_connection, headers.clone()).await;
-            }
-            outcome
-        }));
+        clients.push(tokio::spawn(traffic::counting_client(entry, REQUESTS_PER_CLIENT, shape.per_connection(), headers)));
     }
-    let mut outcome = traffic::Outcome::default();
-    for task in tasks {
-        outcome = outcome + task.await?;
+    let mut tally = traffic::Tally::default();
+    for client in clients {
+        tally = tally + client.await?;
     }
-    let _elapsed = started.elapsed();
     let after = topology.waypoint_cpu_time().context("reading the waypoint's CPU time")?;
+    let outcome = tally.outcome();
     if outcome.failed > 0 {
-        bail!("{} of {} requests failed", outcome.failed, outcome.ok + outcome.failed);
+        bail!("{} of {} requests failed", outcome.failed, tally.requests());
     }
-    Ok(Measured { cpu: after.saturating_sub(before) })
+    Ok(after.saturating_sub(before))
 }

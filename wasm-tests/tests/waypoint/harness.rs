@@ -4,7 +4,8 @@
 //! - [`Waypoint::client_connect`] / [`Waypoint::answer_client`] / [`Waypoint::close_client`]:
 //!   connect_terminate's HBONE CONNECT from the client's ztunnel (`downstream` root). Envoy's
 //!   stock `set_filter_state` filter runs first and captures the downstream peer, exactly as
-//!   `%DOWNSTREAM_PEER_URI_SAN%\n%REQ(baggage)%\n%REQ(x-envoy-peer-metadata)%`.
+//!   `%DOWNSTREAM_PEER_URI_SAN% %REQ(x-envoy-peer-metadata)% %REQ(baggage)%`, which main_internal's
+//!   header_mutation hands our filter as the request header `x-wp-peer`.
 //! - [`Waypoint::open_tunnel`] / [`Waypoint::answer_tunnel`] / [`Waypoint::close_tunnel`]: the
 //!   tunnel cluster's CONNECT to the destination ztunnel (`upstream` root); property
 //!   `connection.id` is the connect_originate connection, the stream gets `on_done`, never `on_log`.
@@ -318,14 +319,19 @@ impl Waypoint {
         let vm = &mut self.vm;
         let id = vm.create_http_context(self.stats)?;
         let mut entries = 1;
+        // Envoy's header_mutation copies the filter state into x-wp-peer before our filter
+        // runs; the route adds x-wp-service to the response; xds.cluster_name is there too.
+        let mut request = r.request;
         if let Some(filter_state) = &r.filter_state {
-            vm.set_context_property(id, &["filter_state", "wp.downstream_peer"], filter_state.clone())?;
+            request.add("x-wp-peer", filter_state.clone());
         }
+        let mut response = r.response;
         if let Some(cluster) = &r.cluster {
+            response.add("x-wp-service", cluster.clone());
             vm.set_context_property(id, &["xds", "cluster_name"], cluster.clone())?;
         }
         let mut actions = Vec::new();
-        actions.push(vm.on_request_headers(id, r.request, r.request_body.is_none())?);
+        actions.push(vm.on_request_headers(id, request, r.request_body.is_none())?);
         entries += 1;
         let request_as_routed = vm.context(id).map(|c| c.request_headers.clone()).unwrap_or_default();
         if let Some(body) = &r.request_body {
@@ -333,7 +339,7 @@ impl Waypoint {
             entries += 1;
         }
         let response_ends = r.response_body.is_none() && r.trailers.is_none();
-        actions.push(vm.on_response_headers(id, r.response, response_ends)?);
+        actions.push(vm.on_response_headers(id, response, response_ends)?);
         entries += 1;
         if let Some(body) = &r.response_body {
             actions.push(vm.on_response_body(id, body, r.trailers.is_none())?);
@@ -451,14 +457,20 @@ impl Waypoint {
     }
 }
 
-/// What `set_filter_state` stores on connect_terminate (absent parts empty).
+/// What `set_filter_state` stores on connect_terminate (absent parts empty):
+/// `DOWNSTREAM_FORMAT`, identity, legacy header and baggage separated by spaces.
 pub fn downstream_filter_state(san: &str, connect: &HeaderMap) -> Vec<u8> {
     let mut value = san.as_bytes().to_vec();
-    value.push(b'\n');
-    value.extend_from_slice(connect.get("baggage").unwrap_or_default());
-    value.push(b'\n');
+    value.push(b' ');
     value.extend_from_slice(connect.get("x-envoy-peer-metadata").unwrap_or_default());
+    value.push(b' ');
+    value.extend_from_slice(connect.get("baggage").unwrap_or_default());
     value
+}
+
+/// The downstream peer of a ztunnel client that sent `baggage`, as the stats role receives it.
+pub fn peer_with_baggage(san: &str, baggage: &str) -> Vec<u8> {
+    format!("{san}  {baggage}").into_bytes()
 }
 
 /// The HBONE CONNECT a client ztunnel sends to the service VIP, with `baggage` when given.

@@ -15,7 +15,7 @@ fn echo(version: &str) -> String {
 }
 
 fn curl() -> Vec<u8> {
-    format!("{CLIENT_SAN}\n{CLIENT_BAGGAGE_1_29}\n").into_bytes()
+    peer_with_baggage(CLIENT_SAN, CLIENT_BAGGAGE_1_29)
 }
 
 /// `destination_workload` → request count, over every series.
