@@ -88,12 +88,7 @@ fn cluster(mesh: &Mesh, s: &Service, network: &str) -> Value {
         "type": "STATIC",
         "connect_timeout": "5s",
         "lb_policy": "ROUND_ROBIN",
-        // Istio's gateway sets no limits; every outer CONNECT is one upstream connection,
-        // so Envoy's default of 1024 would refuse tunnels under churn.
-        "circuit_breakers": { "thresholds": [{
-            "max_connections": u32::MAX, "max_pending_requests": u32::MAX,
-            "max_requests": u32::MAX, "max_retries": u32::MAX,
-        }] },
+        "circuit_breakers": template::unlimited_circuit_breakers(),
         "load_assignment": { "cluster_name": cluster_name(s), "endpoints": [{ "lb_endpoints": endpoints }] },
     })
 }

@@ -43,6 +43,16 @@ pub fn drop_section(template: &str, name: &str) -> String {
     out
 }
 
+/// Circuit breakers with no limits, as Istio sets them on every cluster. Tunnels
+/// are one connection each, so Envoy's default of 1024 connections per cluster
+/// refuses clients under ordinary churn.
+pub fn unlimited_circuit_breakers() -> serde_json::Value {
+    let max = u32::MAX;
+    serde_json::json!({ "thresholds": [{
+        "max_connections": max, "max_pending_requests": max, "max_requests": max, "max_retries": max,
+    }] })
+}
+
 /// A JSON string literal, which YAML reads as the same string.
 pub fn quoted(s: &str) -> String {
     serde_json::Value::from(s).to_string()

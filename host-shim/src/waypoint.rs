@@ -215,21 +215,13 @@ fn remote_endpoint(s: &Service, network: &str, gateway: SocketAddr, pods: usize)
 /// connection, so once the client has gone its tunnels only wait for this.
 const POOL_IDLE_TIMEOUT: &str = "2s";
 
-/// Istio's circuit breakers: none. With a pool per client connection, Envoy's
-/// default of 1024 connections per cluster refuses clients under ordinary churn.
-fn unlimited() -> Value {
-    let max = u32::MAX;
-    json!({ "thresholds": [{
-        "max_connections": max, "max_pending_requests": max, "max_requests": max, "max_retries": max,
-    }] })
-}
 
 fn service_cluster(s: &Service, endpoints: Vec<Value>) -> Value {
     json!({
         "name": cluster_name(s),
         "connect_timeout": "5s",
         "lb_policy": "ROUND_ROBIN",
-        "circuit_breakers": unlimited(),
+        "circuit_breakers": template::unlimited_circuit_breakers(),
         "load_assignment": { "cluster_name": cluster_name(s), "endpoints": [{ "lb_endpoints": endpoints }] },
         "typed_extension_protocol_options": { "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",

@@ -3,7 +3,7 @@
 //! percent-encoding.
 
 use crate::config::Limits;
-use crate::peer::{Peer, WorkloadType};
+use crate::peer::{Decoded, Peer, WorkloadType};
 use crate::value;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,14 +12,6 @@ pub enum BaggageError {
     TooLarge { len: usize, max: usize },
     #[error("baggage has more than {max} members")]
     TooManyMembers { max: usize },
-}
-
-/// A peer read from `baggage`, with the number of known keys whose value was
-/// rejected (too long or with disallowed bytes) and therefore reads as unknown.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Decoded {
-    pub peer: Peer,
-    pub rejected_values: usize,
 }
 
 /// Parses `baggage` as the reference systems do: split on `,`, then on the first

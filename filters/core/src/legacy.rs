@@ -10,7 +10,7 @@ use prost_types::value::Kind;
 use prost_types::{Struct, Value};
 
 use crate::config::Limits;
-use crate::peer::{Peer, WorkloadType};
+use crate::peer::{Decoded, Peer, WorkloadType};
 use crate::value;
 
 /// The header carrying the metadata, and its companion carrying the node id.
@@ -33,13 +33,6 @@ pub enum LegacyError {
     Base64(String),
     #[error("x-envoy-peer-metadata is not a protobuf Struct: {0}")]
     Protobuf(String),
-}
-
-/// A peer read from the legacy header, with the count of rejected values.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Decoded {
-    pub peer: Peer,
-    pub rejected_values: usize,
 }
 
 /// Decodes the header. The principal is never taken from it (it comes from TLS).

@@ -24,4 +24,4 @@ pub mod worker;
 
 pub use config::{Limits, PluginConfig};
 pub use labels::{Labels, RequestFacts, RoutedService};
-pub use peer::{Peer, SpiffeId, WorkloadType};
+pub use peer::{Decoded, Peer, SpiffeId, WorkloadType};

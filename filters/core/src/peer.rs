@@ -128,6 +128,14 @@ fn fill_from(target: &mut String, source: &str) {
     }
 }
 
+/// A peer read from a header, with the number of known fields whose value was
+/// rejected (too long or with disallowed bytes) and therefore reads as unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decoded {
+    pub peer: Peer,
+    pub rejected_values: usize,
+}
+
 /// A parsed `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>` identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpiffeId<'a> {

@@ -25,7 +25,7 @@ use crate::config::PluginConfig;
 use crate::host::{HeaderMap, Host, find_header, le_u64};
 use crate::labels::RoutedService;
 use crate::legacy;
-use crate::peer::Peer;
+use crate::peer::{Decoded, Peer};
 use crate::response_flags;
 use crate::value;
 use crate::worker::{ErrorReason, Observation, TunnelState, Worker};
@@ -116,7 +116,11 @@ impl Upstream {
         if let Some(own) = &self.own_baggage {
             counted(host.add_header(HeaderMap::Request, BAGGAGE, own), host, worker);
         }
-        let id = counted(host.property(&["connection", "id"]), host, worker).flatten().and_then(|b| le_u64(&b));
+        // Without its id the tunnel cannot be found again: its requests read `unknown`.
+        let id = match host.property(&["connection", "id"]) {
+            Ok(Some(bytes)) => le_u64(&bytes),
+            _ => None,
+        };
         let Some(id) = id else {
             worker.count(ErrorReason::HostCall, host);
             return None;
@@ -296,22 +300,16 @@ impl Stats {
 }
 
 fn decode_baggage(raw: &[u8], config: &PluginConfig, host: &impl Host, worker: &mut Worker) -> Peer {
-    match baggage::decode(raw, &config.limits) {
-        Ok(decoded) => {
-            if decoded.rejected_values > 0 {
-                worker.count(ErrorReason::ValueRejected, host);
-            }
-            decoded.peer
-        }
-        Err(_) => {
-            worker.count(ErrorReason::BaggageRejected, host);
-            Peer::default()
-        }
-    }
+    peer_or_unknown(baggage::decode(raw, &config.limits), ErrorReason::BaggageRejected, host, worker)
 }
 
 fn decode_legacy(raw: &[u8], config: &PluginConfig, host: &impl Host, worker: &mut Worker) -> Peer {
-    match legacy::decode(raw, &config.limits) {
+    peer_or_unknown(legacy::decode(raw, &config.limits), ErrorReason::LegacyRejected, host, worker)
+}
+
+/// The decoded peer, counting rejected values; an undecodable header is an unknown peer.
+fn peer_or_unknown<E>(decoded: Result<Decoded, E>, refused: ErrorReason, host: &impl Host, worker: &mut Worker) -> Peer {
+    match decoded {
         Ok(decoded) => {
             if decoded.rejected_values > 0 {
                 worker.count(ErrorReason::ValueRejected, host);
@@ -319,7 +317,7 @@ fn decode_legacy(raw: &[u8], config: &PluginConfig, host: &impl Host, worker: &m
             decoded.peer
         }
         Err(_) => {
-            worker.count(ErrorReason::LegacyRejected, host);
+            worker.count(refused, host);
             Peer::default()
         }
     }
