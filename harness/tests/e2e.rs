@@ -413,8 +413,7 @@ async fn apps_never_see_mesh_metadata_and_their_own_baggage_passes_byte_for_byte
         assert!(!request.peer_metadata_leaked, "{client}: peer metadata reached the app: {:?}", request.headers);
         for (name, value) in &request.headers {
             assert!(
-                !["x-envoy-peer-metadata", "x-envoy-peer-metadata-id", "x-forwarded-network"]
-                    .contains(&name.as_str())
+                !["x-envoy-peer-metadata", "x-envoy-peer-metadata-id", "x-forwarded-network"].contains(&name.as_str())
                     && !name.starts_with("x-wp-"),
                 "{client}: {name} reached the app"
             );

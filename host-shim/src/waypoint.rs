@@ -215,7 +215,6 @@ fn remote_endpoint(s: &Service, network: &str, gateway: SocketAddr, pods: usize)
 /// connection, so once the client has gone its tunnels only wait for this.
 const POOL_IDLE_TIMEOUT: &str = "2s";
 
-
 fn service_cluster(s: &Service, endpoints: Vec<Value>) -> Value {
     json!({
         "name": cluster_name(s),

@@ -264,8 +264,8 @@ impl Stats {
     }
 
     fn service(&self, cluster: &[u8], host: &impl Host, worker: &mut Worker) -> u32 {
-        let service = RoutedService::from_cluster_name(cluster, self.config.limits.max_value_bytes);
-        worker.service_id(service, host)
+        let max = self.config.limits.max_value_bytes;
+        worker.service_for(cluster, host, |cluster| RoutedService::from_cluster_name(cluster, max))
     }
 
     /// The downstream peer id: from the CONNECT `baggage`, else the CONNECT
@@ -308,7 +308,12 @@ fn decode_legacy(raw: &[u8], config: &PluginConfig, host: &impl Host, worker: &m
 }
 
 /// The decoded peer, counting rejected values; an undecodable header is an unknown peer.
-fn peer_or_unknown<E>(decoded: Result<Decoded, E>, refused: ErrorReason, host: &impl Host, worker: &mut Worker) -> Peer {
+fn peer_or_unknown<E>(
+    decoded: Result<Decoded, E>,
+    refused: ErrorReason,
+    host: &impl Host,
+    worker: &mut Worker,
+) -> Peer {
     match decoded {
         Ok(decoded) => {
             if decoded.rejected_values > 0 {

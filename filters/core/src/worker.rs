@@ -179,6 +179,15 @@ impl TunnelTable {
     }
 }
 
+/// Caches what a raw header value resolved to. Ids are interned, hence stable,
+/// so dropping a full cache only costs parsing again.
+fn remember(cache: &mut HashMap<Vec<u8>, u32>, raw: &[u8], id: u32, max: usize) {
+    if cache.len() >= max {
+        cache.clear();
+    }
+    cache.insert(raw.to_vec(), id);
+}
+
 /// Metric ids of one label set, in the order counter, duration, request bytes, response bytes.
 type SeriesIds = [u32; 4];
 
@@ -214,8 +223,10 @@ pub struct Worker {
     pub tunnels: TunnelTable,
     peers: Interner<Peer>,
     services: Interner<RoutedService>,
-    /// Raw downstream descriptions (filter state bytes) already decoded.
+    /// Raw downstream descriptions (the `x-wp-peer` values) already decoded.
     downstream_cache: HashMap<Vec<u8>, u32>,
+    /// Raw cluster names (the `x-wp-service` values) already read.
+    service_cache: HashMap<Vec<u8>, u32>,
     series: HashMap<SeriesKey, SeriesIds>,
     max_series: usize,
     error_ids: [Option<u32>; ErrorReason::ALL.len()],
@@ -228,6 +239,7 @@ impl Worker {
             peers: Interner::new(limits.max_label_sets),
             services: Interner::new(limits.max_label_sets),
             downstream_cache: HashMap::new(),
+            service_cache: HashMap::new(),
             series: HashMap::new(),
             max_series: limits.max_label_sets,
             error_ids: [None; ErrorReason::ALL.len()],
@@ -253,15 +265,22 @@ impl Worker {
         })
     }
 
-    pub fn service_id(&mut self, service: RoutedService, metrics: &impl Metrics) -> u32 {
-        self.services.intern(service).unwrap_or_else(|| {
+    /// The id of the service a raw cluster name names, parsed once per distinct name.
+    pub fn service_for(
+        &mut self,
+        cluster: &[u8],
+        metrics: &impl Metrics,
+        parse: impl FnOnce(&[u8]) -> RoutedService,
+    ) -> u32 {
+        if let Some(id) = self.service_cache.get(cluster) {
+            return *id;
+        }
+        let id = self.services.intern(parse(cluster)).unwrap_or_else(|| {
             self.count(ErrorReason::CardinalityLimit, metrics);
             0
-        })
-    }
-
-    pub fn peer(&self, id: u32) -> Option<&Peer> {
-        self.peers.get(id)
+        });
+        remember(&mut self.service_cache, cluster, id, self.max_series);
+        id
     }
 
     /// The cached peer id for a raw downstream description, or decodes it with
@@ -277,11 +296,7 @@ impl Worker {
         }
         let peer = decode(self);
         let id = self.peer_id(peer, metrics);
-        // Peer ids are stable (interned), so dropping the raw cache only costs re-parsing.
-        if self.downstream_cache.len() >= self.max_series {
-            self.downstream_cache.clear();
-        }
-        self.downstream_cache.insert(raw.to_vec(), id);
+        remember(&mut self.downstream_cache, raw, id, self.max_series);
         id
     }
 

@@ -124,7 +124,12 @@ async fn load(topology: &Topology, shape: Shape) -> anyhow::Result<Duration> {
     let mut clients = Vec::new();
     for n in 0..CLIENTS {
         let headers = vec![("baggage".to_owned(), traffic::app_baggage(n))];
-        clients.push(tokio::spawn(traffic::counting_client(entry, REQUESTS_PER_CLIENT, shape.per_connection(), headers)));
+        clients.push(tokio::spawn(traffic::counting_client(
+            entry,
+            REQUESTS_PER_CLIENT,
+            shape.per_connection(),
+            headers,
+        )));
     }
     let mut tally = traffic::Tally::default();
     for client in clients {

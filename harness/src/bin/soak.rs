@@ -18,7 +18,10 @@ const BATCH: usize = 25;
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::var("SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
     let topology = Topology::start(Default::default()).await.context("starting the mesh")?;
-    println!("soak: {seconds} s, {CLIENTS} clients reconnecting every 1-{BATCH} requests; run dir {}", topology.dir.display());
+    println!(
+        "soak: {seconds} s, {CLIENTS} clients reconnecting every 1-{BATCH} requests; run dir {}",
+        topology.dir.display()
+    );
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let plan = topology.plan;
     let mut clients = Vec::new();
@@ -34,8 +37,14 @@ async fn main() -> anyhow::Result<()> {
                 tally = tally
                     + if n == 0 {
                         let entry = plan.local_outbound(plan.curl());
-                        traffic::counting_client_for(entry, &traffic::local_service_host(), BATCH, per_connection, baggage)
-                            .await
+                        traffic::counting_client_for(
+                            entry,
+                            &traffic::local_service_host(),
+                            BATCH,
+                            per_connection,
+                            baggage,
+                        )
+                        .await
                     } else {
                         traffic::counting_client(plan.outbound(plan.curl()), BATCH, per_connection, baggage).await
                     };
@@ -49,7 +58,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(10).min(deadline.saturating_duration_since(Instant::now()))).await;
         let memory = topology.memory();
         first_sample.get_or_insert_with(|| memory.clone());
-        let line: Vec<String> = memory.iter().map(|(name, rss)| format!("{name} {:.1} MiB", *rss as f64 / 1048576.0)).collect();
+        let line: Vec<String> =
+            memory.iter().map(|(name, rss)| format!("{name} {:.1} MiB", *rss as f64 / 1048576.0)).collect();
         println!("  {:>4} s  {}", started.elapsed().as_secs(), line.join("  "));
     }
     let mut tally = Tally::default();
@@ -66,7 +76,9 @@ async fn main() -> anyhow::Result<()> {
     let errors = prom::total(&text, "waypoint_errors_total");
     let served: usize = topology.echo.iter().chain([&topology.ratings]).map(|e| e.seen().len()).sum();
     let by_destination = prom::sum_by(&text, "istio_requests_total", "destination_workload");
-    println!("soak: the apps served {served}; the waypoint counted {counted} by destination {by_destination:?}; errors {errors}");
+    println!(
+        "soak: the apps served {served}; the waypoint counted {counted} by destination {by_destination:?}; errors {errors}"
+    );
 
     // After the idle timeout every client connection's tunnels are gone.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -79,7 +91,11 @@ async fn main() -> anyhow::Result<()> {
     println!("soak: upstream connections still open after the idle timeout: {active}");
     let last = topology.memory();
     for ((name, first), (_, end)) in first_sample.unwrap_or_default().iter().zip(&last) {
-        println!("soak: {name} memory {:.1} MiB at 10 s, {:.1} MiB at the end", *first as f64 / 1048576.0, *end as f64 / 1048576.0);
+        println!(
+            "soak: {name} memory {:.1} MiB at 10 s, {:.1} MiB at the end",
+            *first as f64 / 1048576.0,
+            *end as f64 / 1048576.0
+        );
     }
 
     ensure!(outcome.failed == 0, "{} requests failed: {:?}", outcome.failed, tally.by_status);
