@@ -11,7 +11,7 @@
 //! an empty subject (so the SAN is critical) and both server and client auth.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -93,12 +93,43 @@ pub fn generate(dir: &Path, identities: &[String]) -> Result<CertDir, CaError> {
 
 fn write(path: &Path, contents: &[u8], secret: bool) -> Result<(), CaError> {
     let fail = |source| CaError::Write { path: path.display().to_string(), source };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(path)
-        .map_err(fail)?;
+    let mode = if secret { 0o600 } else { 0o644 };
+    // `mode` applies only to a file this call creates; an existing file keeps its own,
+    // so set it on the open file too, truncated and before the key is written into it.
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(fail)?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(fail)?;
     file.write_all(contents).map_err(fail)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const CURL: &str = "spiffe://cluster.local/ns/default/sa/curl";
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_new_key_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = generate(dir.path(), &[CURL.to_owned()]).unwrap();
+        assert_eq!(mode(&out.key(CURL).unwrap()), 0o600);
+        assert_eq!(mode(&out.cert(CURL).unwrap()), 0o644);
+    }
+
+    #[test]
+    fn an_existing_key_file_with_another_mode_becomes_private_when_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("default.curl.key.pem");
+        std::fs::write(&key, "old key").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(mode(&key), 0o644);
+        generate(dir.path(), &[CURL.to_owned()]).unwrap();
+        assert_eq!(mode(&key), 0o600);
+        assert!(std::fs::read_to_string(&key).unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
+    }
 }

@@ -204,7 +204,6 @@ impl Mesh {
             zone: w.zone.clone(),
             instance: String::new(),
             principal: self.identity_of(w),
-            network: w.network.clone(),
         }
     }
 

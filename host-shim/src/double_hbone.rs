@@ -10,8 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::http2;
 use crate::metrics::Refusal;
-use crate::outbound::Tunnel;
-use crate::pool::{self, PoolError, PoolKey, Slot};
+use crate::pool::{self, PoolError, PoolKey, Slot, Stream};
 use crate::shim::Context;
 use crate::tls::{self, HandshakeFailure, TlsError};
 use crate::tunnel::{self, H2Io};
@@ -49,7 +48,7 @@ pub(crate) async fn open(
     outer_request: Request<()>,
     inner_expected: &[String],
     inner_request: Request<()>,
-) -> Result<Tunnel, DoubleHboneError> {
+) -> Result<Stream, DoubleHboneError> {
     let tuning = &ctx.tuning;
     let outer = ctx.pool.send(gateway, outer_request).await?;
     if outer.response.status() != StatusCode::OK {
@@ -64,13 +63,16 @@ pub(crate) async fn open(
     tokio::spawn(drive_inner(connection, outer.slot, *tuning));
     let (response, send) = sender.ready().await?.send_request(inner_request, false)?;
     let response = response.await?;
-    Ok(Tunnel { response, send, peer_identity, slot: None })
+    Ok(Stream { response, send, peer_identity, slot: None })
 }
 
 /// Polls the inner connection until its one stream is done; the outer stream's
 /// pool slot is held until then.
-async fn drive_inner<T>(mut connection: h2::client::Connection<T, Bytes>, outer: Slot, tuning: crate::tuning::Tuning)
-where
+async fn drive_inner<T>(
+    mut connection: h2::client::Connection<T, Bytes>,
+    outer: Option<Slot>,
+    tuning: crate::tuning::Tuning,
+) where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let keepalive = http2::keepalive(connection.ping_pong(), tuning);

@@ -40,7 +40,7 @@ pub fn render(template: &str, params: &EastWest<'_>) -> Result<String, EastWestE
         mesh.services.iter().filter(|s| mesh.endpoints(s).any(|w| w.network == params.network)).collect();
     let virtual_hosts: Vec<Value> = services.iter().map(|s| virtual_host(s)).collect();
     let clusters: Vec<Value> = services.iter().map(|s| cluster(mesh, s, params.network)).collect();
-    let replacements = [
+    let mut replacements = vec![
         ("@ADMIN_ADDRESS@", quoted(&params.admin.ip().to_string())),
         ("@ADMIN_PORT@", params.admin.port().to_string()),
         ("@LISTEN_ADDRESS@", quoted(&gateway.address.ip().to_string())),
@@ -53,6 +53,7 @@ pub fn render(template: &str, params: &EastWest<'_>) -> Result<String, EastWestE
         ("@VIRTUAL_HOSTS@", Value::from(virtual_hosts).to_string()),
         ("@CLUSTERS@", Value::from(clusters).to_string()),
     ];
+    replacements.extend(template::Edge::default().replacements());
     Ok(template::fill(template, &replacements)?)
 }
 

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -13,15 +14,15 @@ use h2::server::SendResponse;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
-use waypoint_core::{Peer, SpiffeId, baggage};
+use waypoint_core::{Peer, baggage};
 
 use crate::config::{Mesh, Service, Workload};
 use crate::drain;
 use crate::http2;
-use crate::metrics::{Refusal, Reporter, ResponseFlags, TrafficLabels};
+use crate::metrics::{ConnectionRecord, Refusal, Reporter, ResponseFlags, TrafficLabels};
 use crate::shim::Context;
-use crate::tls::{self, HandshakeFailure};
-use crate::tunnel;
+use crate::tls::{self, HandshakeFailure, IdentityCheck};
+use crate::tunnel::{self, Ending};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
@@ -35,6 +36,8 @@ pub enum InboundError {
     Response(#[from] http::Error),
     #[error("tunnel: {0}")]
     Splice(std::io::Error),
+    #[error("closed at the drain deadline")]
+    Drained,
 }
 
 /// Where an accepted CONNECT goes: the app's address and the service it was for.
@@ -96,9 +99,10 @@ fn forwarded_host(value: &[u8]) -> Option<&[u8]> {
         .map(|h| h.strip_prefix(b"\"").and_then(|h| h.strip_suffix(b"\"")).unwrap_or(h))
 }
 
-/// The client as its `baggage` and TLS identity describe it. Baggage is
-/// hostile input: too large or malformed reads as unknown.
-pub fn source_peer(headers: &HeaderMap, identity: &str, limits: &waypoint_core::Limits) -> Peer {
+/// The client as its `baggage` and verified TLS identity describe it. Baggage
+/// is hostile input: too large or malformed reads as unknown, and the identity's
+/// namespace wins over the one baggage claims (the check says whether they disagreed).
+pub fn source_peer(headers: &HeaderMap, identity: &str, limits: &waypoint_core::Limits) -> (Peer, IdentityCheck) {
     let mut raw = Vec::new();
     for value in headers.get_all("baggage") {
         if !raw.is_empty() {
@@ -107,13 +111,8 @@ pub fn source_peer(headers: &HeaderMap, identity: &str, limits: &waypoint_core::
         raw.extend_from_slice(value.as_bytes());
     }
     let mut peer = baggage::decode(&raw, limits).map(|d| d.peer).unwrap_or_default();
-    identity.clone_into(&mut peer.principal);
-    if peer.namespace.is_empty()
-        && let Some(id) = SpiffeId::parse(identity)
-    {
-        id.namespace.clone_into(&mut peer.namespace);
-    }
-    peer
+    let check = tls::pin_to_identity(&mut peer, identity);
+    (peer, check)
 }
 
 /// Accepts connections for one workload until the drain starts.
@@ -162,20 +161,33 @@ async fn connection(
         }
     };
     let identity = tls::peer_identity(tls.get_ref().1).unwrap_or_default();
-    let mut h2 = match http2::server_handshake(tls, &tuning).await {
-        Ok(h2) => h2,
-        Err(e) => return refuse_connection(&ctx, peer, &workload, Refusal::Http2Handshake, &e),
+    // A client that finished TLS but never sends the HTTP/2 preface is dropped.
+    let mut h2 = match tokio::time::timeout(tuning.h2_handshake_timeout, http2::server_handshake(tls, &tuning)).await {
+        Ok(Ok(h2)) => h2,
+        Ok(Err(e)) => return refuse_connection(&ctx, peer, &workload, Refusal::Http2Handshake, &e),
+        Err(_) => return refuse_connection(&ctx, peer, &workload, Refusal::Http2Handshake, &"preface timed out"),
     };
     ctx.metrics.inbound_connections.inc();
     let identity: Arc<str> = identity.into();
     let keepalive = http2::keepalive(h2.ping_pong(), tuning);
     tokio::pin!(keepalive);
+    let streams = Arc::new(OpenStreams::default());
     let mut draining = false;
+    let mut closing = false;
     loop {
+        // Only a connection without open streams can be idle: a tunnel is never cut.
+        let idle_deadline = streams.idle_since().map(|since| since + tuning.idle_connection_timeout);
+        let wake = idle_deadline.unwrap_or_else(|| Instant::now() + tuning.idle_connection_timeout);
         tokio::select! {
             accepted = h2.accept() => match accepted {
                 Some(Ok(request)) => {
-                    let stream = Stream { peer, identity: identity.clone(), workload: workload.clone(), ctx: ctx.clone() };
+                    let stream = Stream {
+                        peer,
+                        identity: identity.clone(),
+                        workload: workload.clone(),
+                        ctx: ctx.clone(),
+                        _open: streams.open(),
+                    };
                     tokio::spawn(stream.serve(request, drain.clone()));
                 }
                 Some(Err(e)) => {
@@ -188,11 +200,57 @@ async fn connection(
                 h2.abrupt_shutdown(h2::Reason::NO_ERROR);
                 break;
             }
+            () = tokio::time::sleep_until(wake.into()), if !closing => {
+                if idle_deadline.is_some_and(|deadline| deadline <= Instant::now()) && streams.idle_since().is_some() {
+                    tracing::debug!(%peer, "idle inbound HBONE connection closed");
+                    ctx.metrics.refuse(Reporter::Destination, Refusal::IdleConnection);
+                    // GOAWAY naming the last stream we took: a stream racing it is known unprocessed.
+                    h2.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    closing = true;
+                }
+            }
             // GOAWAY, then keep serving the open streams until the peer is done.
             () = drain.draining(), if !draining => {
                 draining = true;
                 h2.graceful_shutdown();
             }
+            () = drain.forced() => break,
+        }
+    }
+}
+
+/// The streams open on one inbound connection, and since when there were none.
+#[derive(Default)]
+struct OpenStreams {
+    count: AtomicUsize,
+    idle_since: std::sync::Mutex<Option<Instant>>,
+}
+
+impl OpenStreams {
+    fn open(self: &Arc<Self>) -> OpenStream {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        OpenStream(self.clone())
+    }
+
+    /// When the connection last became idle; `None` while a stream is open.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.count.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let Ok(mut since) = self.idle_since.lock() else { return Some(Instant::now()) };
+        Some(*since.get_or_insert_with(Instant::now))
+    }
+}
+
+/// One stream's share of [`OpenStreams`]; the connection may idle once all are dropped.
+struct OpenStream(Arc<OpenStreams>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Ok(mut since) = self.0.idle_since.lock()
+        {
+            *since = Some(Instant::now());
         }
     }
 }
@@ -217,11 +275,12 @@ struct Stream {
     identity: Arc<str>,
     workload: Arc<Workload>,
     ctx: Arc<Context>,
+    /// Keeps the connection from counting as idle while this stream lives.
+    _open: OpenStream,
 }
 
 impl Stream {
-    async fn serve(self, (request, mut respond): (Request<RecvStream>, SendResponse<Bytes>), _drain: drain::Watcher) {
-        let started = Instant::now();
+    async fn serve(self, (request, mut respond): (Request<RecvStream>, SendResponse<Bytes>), drain: drain::Watcher) {
         let (parts, body) = request.into_parts();
         let mesh = &self.ctx.mesh;
         let authority = parts.uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
@@ -232,35 +291,64 @@ impl Stream {
                 return;
             }
         };
-        let source = source_peer(&parts.headers, &self.identity, &self.ctx.limits);
+        let (source, check) = source_peer(&parts.headers, &self.identity, &self.ctx.limits);
+        if check == IdentityCheck::Contradicted {
+            self.ctx.metrics.identity_mismatch(Reporter::Destination, Reporter::Source);
+            tracing::warn!(
+                direction = "inbound", src.addr = %self.peer, src.identity = %self.identity,
+                "request baggage claims a namespace its identity contradicts; the identity wins"
+            );
+        }
         let destination = mesh.peer_of(&self.workload);
         let labels = TrafficLabels::new(Reporter::Destination, &source, &destination, target.service);
         let record = self.ctx.metrics.open(labels);
 
-        let result = self.connect_and_splice(respond, body, &target, &destination, &record).await;
-        let (flags, status) = match &result {
-            Err(InboundError::App(..)) => (Refusal::AppUnreachable.flags(), 503),
-            _ => (ResponseFlags::None, 200),
+        let result = tokio::select! {
+            result = self.connect_and_splice(respond, body, &target, &destination, &record) => result,
+            () = drain.forced() => Err(InboundError::Drained),
         };
+        let (flags, status, failed, error) = match result {
+            Ok(ending) => {
+                let failed = matches!(ending, Ending::Failed(_));
+                let flags = if failed { ResponseFlags::ConnectionFailure } else { ResponseFlags::None };
+                (flags, 200, failed, ending.error().map(ToString::to_string))
+            }
+            Err(e @ InboundError::App(..)) => (Refusal::AppUnreachable.flags(), 503, true, Some(e.to_string())),
+            Err(e) => (ResponseFlags::None, 200, true, Some(e.to_string())),
+        };
+        let moved = record.moved();
+        let duration_ms = record.started().elapsed().as_millis() as u64;
         record.close(flags);
-        let moved = result.as_ref().copied().unwrap_or_default();
-        tracing::info!(
-            direction = "inbound",
-            src.addr = %self.peer,
-            src.identity = %self.identity,
-            src.workload = %source.workload_name,
-            dst.workload = %self.workload.name,
-            dst.app = %target.app,
-            authority = %authority,
-            x_forwarded_network = ?parts.headers.get("x-forwarded-network"),
-            traceparent = ?parts.headers.get("traceparent"),
-            status,
-            sent = moved.sent,
-            received = moved.received,
-            duration_ms = started.elapsed().as_millis() as u64,
-            error = result.as_ref().err().map(tracing::field::display),
-            "connection complete"
-        );
+        // ztunnel's access log: info for a clean end, error for a failed one. Inbound,
+        // "sent" is toward the client (server → client), "recv" from it.
+        macro_rules! complete {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    direction = "inbound",
+                    src.addr = %self.peer,
+                    src.identity = %self.identity,
+                    src.workload = %source.workload_name,
+                    dst.workload = %self.workload.name,
+                    dst.app = %target.app,
+                    authority = %authority,
+                    x_forwarded_network = ?parts.headers.get("x-forwarded-network"),
+                    traceparent = ?parts.headers.get("traceparent"),
+                    status,
+                    response_flags = flags.as_str(),
+                    bytes_sent = moved.server_to_client,
+                    bytes_recv = moved.client_to_server,
+                    duration_ms,
+                    error,
+                    "connection complete"
+                )
+            };
+        }
+        if failed {
+            complete!(tracing::Level::ERROR);
+        } else {
+            complete!(tracing::Level::INFO);
+        }
     }
 
     async fn connect_and_splice(
@@ -269,8 +357,8 @@ impl Stream {
         body: RecvStream,
         target: &Target<'_>,
         destination: &Peer,
-        record: &crate::metrics::ConnectionRecord,
-    ) -> Result<tunnel::Moved, InboundError> {
+        record: &ConnectionRecord,
+    ) -> Result<Ending, InboundError> {
         let tuning = &self.ctx.tuning;
         let app = match connect(target.app, tuning).await {
             Ok(app) => app,
@@ -288,8 +376,8 @@ impl Stream {
         let (app_read, app_write) = app.into_split();
         let app_side = (BufReader::with_capacity(tuning.splice_buffer, app_read), app_write);
         let tunnel_side = tunnel::h2_stream(send, body, tuning.splice_buffer);
-        // The tunnel is the downstream: what it carries to the app is "sent".
-        tunnel::splice(tunnel_side, app_side, &record.sent, &record.received).await.map_err(InboundError::Splice)
+        // The tunnel is the client's side: what it carries to the app is client → server.
+        Ok(Ending::of(tunnel::splice(tunnel_side, app_side, record).await))
     }
 
     fn refuse(&self, respond: &mut SendResponse<Bytes>, refusal: Refusal, authority: &str, method: &Method) {
@@ -375,7 +463,18 @@ mod tests {
 
     #[test]
     fn the_spiffe_namespace_fills_a_source_without_baggage() {
-        let peer = source_peer(&HeaderMap::new(), "spiffe://td/ns/shop/sa/cart", &waypoint_core::Limits::default());
+        let (peer, check) =
+            source_peer(&HeaderMap::new(), "spiffe://td/ns/shop/sa/cart", &waypoint_core::Limits::default());
         assert_eq!((peer.namespace.as_str(), peer.workload_name.as_str()), ("shop", ""));
+        assert_eq!(check, IdentityCheck::Filled);
+    }
+
+    #[test]
+    fn the_spiffe_namespace_wins_over_a_forged_baggage_namespace() {
+        let mut headers = HeaderMap::new();
+        headers.insert("baggage", "k8s.namespace.name=kube-system,k8s.deployment.name=cart".parse().unwrap());
+        let (peer, check) = source_peer(&headers, "spiffe://td/ns/shop/sa/cart", &waypoint_core::Limits::default());
+        assert_eq!((peer.namespace.as_str(), peer.workload_name.as_str()), ("shop", "cart"));
+        assert_eq!(check, IdentityCheck::Contradicted);
     }
 }

@@ -6,14 +6,16 @@
 //! - [`config`]: the mesh file (workloads, services, networks);
 //! - [`tls`]: mTLS with SPIFFE identities;
 //! - [`http2`]: HTTP/2 with ztunnel's settings and keepalive;
-//! - [`tunnel`]: a stream as bytes, and the splice;
+//! - [`tunnel`]: a stream as bytes, the splice, and how a tunnel ended;
 //! - [`pool`]: pooled outbound HBONE connections;
 //! - [`inbound`], [`outbound`], [`double_hbone`]: the two sides of a tunnel;
-//! - [`metrics`]: `istio_tcp_*` and refusal counters; [`admin`] serves them;
+//! - [`metrics`]: `istio_tcp_*`, `istio_build`, refusal and identity-mismatch
+//!   counters, and the per-connection record; [`admin`] serves them;
 //! - [`eastwest`], [`waypoint`]: render the east-west gateway's and the waypoint's
 //!   Envoy configurations from the mesh file ([`template`] fills the placeholders);
 //! - [`shim`]: one node's shim, started and drained as a unit;
-//! - [`tuning`]: every tuning value, with its reason; [`drain`]: graceful shutdown.
+//! - [`tuning`]: every tuning value, with its reason; [`drain`]: graceful shutdown,
+//!   then a forced close at the deadline.
 
 pub mod admin;
 pub mod ca;

@@ -150,6 +150,8 @@ fn main() -> anyhow::Result<()> {
                 access_log: &access_log,
                 baggage_discovery,
                 telemetry,
+                limits: Default::default(),
+                edge: Default::default(),
             };
             write_output(out, &waypoint::render(&template, &params)?)
         }

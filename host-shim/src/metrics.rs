@@ -1,8 +1,10 @@
-//! ztunnel's L4 metrics (`istio_tcp_*`, PROTOCOL.md §4) plus the shim's own
-//! counters: refusals per reason and the outbound pool.
+//! ztunnel's L4 metrics (`istio_tcp_*`, PROTOCOL.md §4), `istio_build`, plus the
+//! shim's own counters: refusals per reason, identity mismatches and the outbound pool.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -41,7 +43,7 @@ pub enum ResponseFlags {
 }
 
 impl ResponseFlags {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::None => "-",
             Self::ConnectionFailure => "CONNECT",
@@ -72,6 +74,8 @@ pub enum Refusal {
     UpstreamHttp2,
     /// Outbound: the HBONE peer answered the CONNECT with a status other than 200.
     UpstreamStatus,
+    /// Inbound: a connection without open streams reached the idle timeout and was closed.
+    IdleConnection,
 }
 
 impl Refusal {
@@ -90,6 +94,7 @@ impl Refusal {
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamHttp2 => "upstream_h2",
             Self::UpstreamStatus => "upstream_status",
+            Self::IdleConnection => "idle_timeout",
         }
     }
 
@@ -185,6 +190,20 @@ struct RefusalLabels {
     reason: &'static str,
 }
 
+/// Which peer's baggage claimed a namespace its verified identity contradicts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MismatchLabels {
+    reporter: &'static str,
+    /// `source` (request baggage, inbound) or `destination` (response baggage, outbound).
+    peer: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    component: &'static str,
+    tag: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     opened: Family<TrafficLabels, Counter>,
@@ -192,7 +211,10 @@ pub struct Metrics {
     sent: Family<TrafficLabels, Counter>,
     received: Family<TrafficLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
+    identity_mismatches: Family<MismatchLabels, Counter>,
     pub pool_connections: Gauge,
+    /// TCP + TLS + HTTP/2 connects the pool started, successful or not.
+    pub pool_connect_attempts: Counter,
     pub pool_connections_opened: Counter,
     pub pool_streams_opened: Counter,
     pub inbound_connections: Counter,
@@ -205,18 +227,38 @@ impl Default for Metrics {
     fn default() -> Self {
         let (opened, closed, sent, received) =
             (Family::default(), Family::default(), Family::default(), Family::default());
-        let refusals = Family::default();
+        let (refusals, identity_mismatches) = (Family::default(), Family::default());
         let (pool_connections, pool_connections_opened) = (Gauge::default(), Counter::default());
         let (pool_streams_opened, inbound_connections) = (Counter::default(), Counter::default());
+        let pool_connect_attempts = Counter::default();
         let mut registry = Registry::default();
+        // Istio's proxies export their build; dashboards and Kiali read the version from it.
+        let build = Family::<BuildLabels, Gauge>::default();
+        build.get_or_create(&BuildLabels { component: "ztunnel", tag: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register("istio_build", "Istio component build info", build);
         registry.register("istio_tcp_connections_opened", "TCP connections opened", opened.clone());
         registry.register("istio_tcp_connections_closed", "TCP connections closed", closed.clone());
-        registry.register("istio_tcp_sent_bytes", "Bytes sent from the client to the server", sent.clone());
-        registry.register("istio_tcp_received_bytes", "Bytes sent back to the client", received.clone());
+        // ztunnel's direction, on both reporters: "received" is what the client sent.
+        registry.register("istio_tcp_sent_bytes", "Bytes sent from the server back to the client", sent.clone());
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the client for the server",
+            received.clone(),
+        );
         registry.register(
             "host_shim_refusals",
             "Connections and CONNECT requests refused or failed, per reason",
             refusals.clone(),
+        );
+        registry.register(
+            "host_shim_peer_identity_mismatch",
+            "Peers whose baggage namespace contradicts their verified SPIFFE identity (the identity wins)",
+            identity_mismatches.clone(),
+        );
+        registry.register(
+            "host_shim_pool_connect_attempts",
+            "Outbound HBONE connects started (TCP + TLS + HTTP/2), shared by concurrent callers",
+            pool_connect_attempts.clone(),
         );
         registry.register(
             "host_shim_pool_connections",
@@ -245,7 +287,9 @@ impl Default for Metrics {
             sent,
             received,
             refusals,
+            identity_mismatches,
             pool_connections,
+            pool_connect_attempts,
             pool_connections_opened,
             pool_streams_opened,
             inbound_connections,
@@ -260,15 +304,26 @@ impl Metrics {
         self.refusals.get_or_create(&RefusalLabels { reporter: reporter.as_str(), reason: refusal.as_str() }).inc();
     }
 
-    /// Counts a connection as opened; the record counts bytes and, once closed, the close.
+    /// Counts a baggage namespace that the peer's verified identity contradicts.
+    pub fn identity_mismatch(&self, reporter: Reporter, peer: Reporter) {
+        let labels = MismatchLabels { reporter: reporter.as_str(), peer: peer.as_str() };
+        self.identity_mismatches.get_or_create(&labels).inc();
+    }
+
+    /// Counts a connection as opened; the record counts bytes as they move and the
+    /// close once, at `close` or at the latest when dropped.
     pub fn open(self: &Arc<Self>, labels: TrafficLabels) -> ConnectionRecord {
         let labels = self.bounded(labels);
         self.opened.get_or_create(&labels).inc();
         ConnectionRecord {
-            sent: self.sent.get_or_create(&labels).clone(),
-            received: self.received.get_or_create(&labels).clone(),
+            server_to_client: self.sent.get_or_create(&labels).clone(),
+            client_to_server: self.received.get_or_create(&labels).clone(),
+            bytes_server_to_client: AtomicU64::new(0),
+            bytes_client_to_server: AtomicU64::new(0),
             metrics: self.clone(),
             labels,
+            started: Instant::now(),
+            recorded: false,
         }
     }
 
@@ -297,17 +352,142 @@ impl Metrics {
     }
 }
 
-/// One connection's L4 metrics, from open to close.
+/// Bytes one connection moved so far, per direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    pub client_to_server: u64,
+    pub server_to_client: u64,
+}
+
+/// One connection's L4 metrics, from open to close (ztunnel's `ConnectionResult`):
+/// bytes are counted as they are spliced, and the close is recorded exactly once,
+/// by `close` or, failing that, on drop — so opened == closed by construction.
 pub struct ConnectionRecord {
     metrics: Arc<Metrics>,
     labels: TrafficLabels,
-    pub sent: Counter,
-    pub received: Counter,
+    /// `istio_tcp_sent_bytes_total` of these labels.
+    server_to_client: Counter,
+    /// `istio_tcp_received_bytes_total` of these labels.
+    client_to_server: Counter,
+    bytes_server_to_client: AtomicU64,
+    bytes_client_to_server: AtomicU64,
+    started: Instant,
+    recorded: bool,
 }
 
 impl ConnectionRecord {
+    /// Bytes from the client toward the server: ztunnel's "received".
+    pub fn client_to_server(&self, n: u64) {
+        self.client_to_server.inc_by(n);
+        self.bytes_client_to_server.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes from the server back to the client: ztunnel's "sent".
+    pub fn server_to_client(&self, n: u64) {
+        self.server_to_client.inc_by(n);
+        self.bytes_server_to_client.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn moved(&self) -> Moved {
+        Moved {
+            client_to_server: self.bytes_client_to_server.load(Ordering::Relaxed),
+            server_to_client: self.bytes_server_to_client.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     pub fn close(mut self, flags: ResponseFlags) {
+        self.record(flags);
+    }
+
+    fn record(&mut self, flags: ResponseFlags) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
         self.labels.response_flags = flags.as_str();
         self.metrics.closed.get_or_create(&self.labels).inc();
+    }
+}
+
+impl Drop for ConnectionRecord {
+    /// A connection dropped without a result (a task cut at the drain deadline, a
+    /// runtime shut down) is still counted as closed, with the flags it had, and logged
+    /// as an error as ztunnel logs its drain closes.
+    fn drop(&mut self) {
+        if self.recorded {
+            return;
+        }
+        let flags = ResponseFlags::None;
+        self.record(flags);
+        let moved = self.moved();
+        tracing::error!(
+            reporter = self.labels.reporter,
+            src.identity = %self.labels.source_principal,
+            dst.identity = %self.labels.destination_principal,
+            client_to_server = moved.client_to_server,
+            server_to_client = moved.server_to_client,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            error = "closed without a result (drain deadline or shutdown)",
+            "connection complete"
+        );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, name: &str) -> f64 {
+        text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    }
+
+    fn labels() -> TrafficLabels {
+        TrafficLabels::new(Reporter::Destination, &Peer::default(), &Peer::default(), None)
+    }
+
+    #[test]
+    fn a_record_dropped_without_close_is_counted_as_closed_once() {
+        let metrics = Arc::new(Metrics::default());
+        let record = metrics.open(labels());
+        record.client_to_server(7);
+        drop(record);
+        let text = metrics.encode();
+        assert_eq!(sample(&text, "istio_tcp_connections_opened_total{"), 1.0);
+        assert_eq!(sample(&text, "istio_tcp_connections_closed_total{"), 1.0);
+        assert!(text.contains(r#"response_flags="-""#), "{text}");
+        assert_eq!(sample(&text, "istio_tcp_received_bytes_total{"), 7.0);
+    }
+
+    #[test]
+    fn a_closed_record_is_not_counted_again_when_dropped() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.open(labels()).close(ResponseFlags::ConnectionFailure);
+        let text = metrics.encode();
+        assert_eq!(sample(&text, "istio_tcp_connections_closed_total{"), 1.0);
+        assert!(text.contains(r#"response_flags="CONNECT""#), "{text}");
+    }
+
+    #[test]
+    fn bytes_are_counted_in_ztunnels_direction() {
+        let metrics = Arc::new(Metrics::default());
+        let record = metrics.open(labels());
+        record.client_to_server(10_000);
+        record.server_to_client(10);
+        assert_eq!(record.moved(), Moved { client_to_server: 10_000, server_to_client: 10 });
+        record.close(ResponseFlags::None);
+        let text = metrics.encode();
+        assert_eq!(sample(&text, "istio_tcp_received_bytes_total{"), 10_000.0);
+        assert_eq!(sample(&text, "istio_tcp_sent_bytes_total{"), 10.0);
+    }
+
+    #[test]
+    fn the_build_is_exported_as_ztunnels() {
+        let text = Metrics::default().encode();
+        assert!(text.contains("istio_build{component=\"ztunnel\",tag=\"0.1.0\"} 1\n"), "{text}");
     }
 }

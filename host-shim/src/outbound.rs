@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
-use h2::{RecvStream, SendStream};
 use http::{Method, Request, StatusCode};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::io::BufReader;
@@ -20,10 +18,11 @@ use waypoint_core::{Peer, baggage};
 use crate::config::{Destination, Mesh, Service, Workload};
 use crate::double_hbone::{self, DoubleHboneError};
 use crate::drain;
-use crate::metrics::{Refusal, Reporter, ResponseFlags, TrafficLabels};
-use crate::pool::{PoolError, PoolKey, Slot};
+use crate::metrics::{Moved, Refusal, Reporter, ResponseFlags, TrafficLabels};
+use crate::pool::{PoolError, PoolKey, Stream};
 use crate::shim::Context;
-use crate::tunnel;
+use crate::tls::{self, IdentityCheck};
+use crate::tunnel::{self, Ending};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
@@ -37,8 +36,8 @@ pub enum OutboundError {
     DoubleHbone(#[from] DoubleHboneError),
     #[error("CONNECT answered {0}")]
     Status(StatusCode),
-    #[error("tunnel: {0}")]
-    Splice(std::io::Error),
+    #[error("closed at the drain deadline")]
+    Drained,
 }
 
 impl OutboundError {
@@ -48,7 +47,7 @@ impl OutboundError {
             Self::Pool(e) => Some(e.refusal()),
             Self::DoubleHbone(e) => Some(e.refusal()),
             Self::Status(_) => Some(Refusal::UpstreamStatus),
-            Self::Splice(_) => None,
+            Self::Drained => None,
         }
     }
 }
@@ -190,15 +189,6 @@ fn traceparent() -> String {
     format!("00-{trace}-{span}-00")
 }
 
-/// An accepted CONNECT: the response, our sending half, the peer's identity.
-pub struct Tunnel {
-    pub response: http::Response<RecvStream>,
-    pub send: SendStream<Bytes>,
-    pub peer_identity: String,
-    /// The pooled connection's slot, held for the life of the tunnel.
-    pub slot: Option<Slot>,
-}
-
 /// Accepts app connections for one destination until the drain starts.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -228,8 +218,18 @@ struct Listener {
     ctx: Arc<Context>,
 }
 
+/// How one app connection went, for its completion log line.
+struct Outcome {
+    destination: Peer,
+    moved: Moved,
+    flags: ResponseFlags,
+    /// The tunnel failed (or never opened): ztunnel logs these at error level.
+    failed: bool,
+    error: Option<String>,
+}
+
 impl Listener {
-    async fn handle(self: Arc<Self>, app: TcpStream, client: SocketAddr, _drain: drain::Watcher) {
+    async fn handle(self: Arc<Self>, app: TcpStream, client: SocketAddr, drain: drain::Watcher) {
         let started = Instant::now();
         let _ = app.set_nodelay(true);
         let mesh = &self.ctx.mesh;
@@ -238,33 +238,58 @@ impl Listener {
         let service = planned.as_ref().ok().and_then(|p| p.service);
         let route = planned.as_ref().ok().map(|p| p.route.clone());
         let headers = ConnectHeaders::new(&source, self.source.sidecar, client, service);
-        let (destination, outcome) = match planned {
-            Ok(plan) => match self.establish(&plan.route, &headers).await {
-                Ok(tunnel) => self.carry(app, tunnel, &source, service).await,
-                Err(e) => (self.count_failure(&e, &source, &plan.expected_peer, service), Err(e)),
-            },
-            Err(e) => (self.count_failure(&e, &source, &Peer::default(), None), Err(e)),
+        let failure = |e: OutboundError, expected: &Peer, service| Outcome {
+            destination: self.count_failure(&e, &source, expected, service),
+            moved: Moved::default(),
+            flags: e.refusal().map_or(ResponseFlags::None, Refusal::flags),
+            failed: true,
+            error: Some(e.to_string()),
         };
-        let moved = outcome.as_ref().copied().unwrap_or_default();
-        tracing::info!(
-            direction = "outbound",
-            src.addr = %client,
-            src.workload = %self.source.name,
-            dst.service = service.map(|s| s.hostname.as_str()),
-            dst.workload = %destination.workload_name,
-            dst.identity = %destination.principal,
-            route = ?route,
-            traceparent = %headers.traceparent,
-            sent = moved.sent,
-            received = moved.received,
-            duration_ms = started.elapsed().as_millis() as u64,
-            error = outcome.as_ref().err().map(tracing::field::display),
-            "connection complete"
-        );
+        let outcome = match planned {
+            Ok(plan) => {
+                let established = tokio::select! {
+                    established = self.establish(&plan.route, &headers) => established,
+                    () = drain.forced() => Err(OutboundError::Drained),
+                };
+                match established {
+                    Ok(tunnel) => self.carry(app, tunnel, client, &source, service, &drain).await,
+                    Err(e) => failure(e, &plan.expected_peer, service),
+                }
+            }
+            Err(e) => failure(e, &Peer::default(), None),
+        };
+        // ztunnel's access log: info for a clean end, error for a failed one. Outbound,
+        // "sent" is toward the server (client → server), "recv" from it.
+        macro_rules! complete {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    direction = "outbound",
+                    src.addr = %client,
+                    src.workload = %self.source.name,
+                    dst.service = service.map(|s| s.hostname.as_str()),
+                    dst.workload = %outcome.destination.workload_name,
+                    dst.identity = %outcome.destination.principal,
+                    route = ?route,
+                    traceparent = %headers.traceparent,
+                    response_flags = outcome.flags.as_str(),
+                    bytes_sent = outcome.moved.client_to_server,
+                    bytes_recv = outcome.moved.server_to_client,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    error = outcome.error.as_deref(),
+                    "connection complete"
+                )
+            };
+        }
+        if outcome.failed {
+            complete!(tracing::Level::ERROR);
+        } else {
+            complete!(tracing::Level::INFO);
+        }
     }
 
     /// Opens the tunnel; anything but a 200 is a failure.
-    async fn establish(&self, route: &Route, headers: &ConnectHeaders) -> Result<Tunnel, OutboundError> {
+    async fn establish(&self, route: &Route, headers: &ConnectHeaders) -> Result<Stream, OutboundError> {
         let tunnel = self.open(route, headers).await?;
         match tunnel.response.status() {
             StatusCode::OK => Ok(tunnel),
@@ -276,21 +301,40 @@ impl Listener {
     async fn carry(
         &self,
         app: TcpStream,
-        tunnel: Tunnel,
+        tunnel: Stream,
+        client: SocketAddr,
         source: &Peer,
         service: Option<&Service>,
-    ) -> (Peer, Result<tunnel::Moved, OutboundError>) {
-        let destination = response_peer(&tunnel, &self.ctx.limits);
+        drain: &drain::Watcher,
+    ) -> Outcome {
+        let (destination, check) = response_peer(&tunnel, &self.ctx.limits);
+        if check == IdentityCheck::Contradicted {
+            self.ctx.metrics.identity_mismatch(Reporter::Source, Reporter::Destination);
+            tracing::warn!(
+                direction = "outbound", src.addr = %client, dst.identity = %destination.principal,
+                "response baggage claims a namespace its identity contradicts; the identity wins"
+            );
+        }
         let record = self.ctx.metrics.open(TrafficLabels::new(Reporter::Source, source, &destination, service));
         let splice_buffer = self.ctx.tuning.splice_buffer;
         // The pool slot stays taken until the splice ends.
-        let Tunnel { response, send, slot: _slot, .. } = tunnel;
+        let Stream { response, send, slot: _slot, .. } = tunnel;
         let (reader, writer) = app.into_split();
         let app_side = (BufReader::with_capacity(splice_buffer, reader), writer);
         let tunnel_side = tunnel::h2_stream(send, response.into_body(), splice_buffer);
-        let moved = tunnel::splice(app_side, tunnel_side, &record.sent, &record.received).await;
-        record.close(ResponseFlags::None);
-        (destination, moved.map_err(OutboundError::Splice))
+        // The app is the client's side: what it sends is client → server.
+        let (flags, failed, error) = tokio::select! {
+            result = tunnel::splice(app_side, tunnel_side, &record) => {
+                let ending = Ending::of(result);
+                let failed = matches!(ending, Ending::Failed(_));
+                let flags = if failed { ResponseFlags::ConnectionFailure } else { ResponseFlags::None };
+                (flags, failed, ending.error().map(ToString::to_string))
+            }
+            () = drain.forced() => (ResponseFlags::None, true, Some(OutboundError::Drained.to_string())),
+        };
+        let moved = record.moved();
+        record.close(flags);
+        Outcome { destination, moved, flags, failed, error }
     }
 
     /// Counts a refused or failed attempt, labelled with what the mesh file expected.
@@ -303,7 +347,7 @@ impl Listener {
         expected.clone()
     }
 
-    async fn open(&self, route: &Route, headers: &ConnectHeaders) -> Result<Tunnel, OutboundError> {
+    async fn open(&self, route: &Route, headers: &ConnectHeaders) -> Result<Stream, OutboundError> {
         let key = |hop: &Hop| PoolKey {
             source: self.ctx.mesh.identity_of(&self.source),
             source_address: self.source.address,
@@ -311,15 +355,7 @@ impl Listener {
             expected: hop.expected.clone(),
         };
         match route {
-            Route::Direct(hop) => {
-                let stream = self.ctx.pool.send(&key(hop), headers.request(&hop.authority, None)?).await?;
-                Ok(Tunnel {
-                    response: stream.response,
-                    send: stream.send,
-                    peer_identity: stream.peer_identity,
-                    slot: Some(stream.slot),
-                })
-            }
+            Route::Direct(hop) => Ok(self.ctx.pool.send(&key(hop), headers.request(&hop.authority, None)?).await?),
             Route::ViaGateway { gateway, inner } => {
                 let outer = headers.request(&gateway.authority, None)?;
                 let inner_request = headers.request(&inner.authority, Some(&self.source.network))?;
@@ -329,12 +365,13 @@ impl Listener {
     }
 }
 
-/// The destination as its response `baggage` and TLS identity describe it.
-fn response_peer(tunnel: &Tunnel, limits: &waypoint_core::Limits) -> Peer {
+/// The destination as its response `baggage` and verified TLS identity describe
+/// it; the identity's namespace wins over the one baggage claims.
+fn response_peer(tunnel: &Stream, limits: &waypoint_core::Limits) -> (Peer, IdentityCheck) {
     let raw = tunnel.response.headers().get("baggage").map(|v| v.as_bytes()).unwrap_or_default();
     let mut peer = baggage::decode(raw, limits).map(|d| d.peer).unwrap_or_default();
-    tunnel.peer_identity.clone_into(&mut peer.principal);
-    peer
+    let check = tls::pin_to_identity(&mut peer, &tunnel.peer_identity);
+    (peer, check)
 }
 
 #[cfg(test)]

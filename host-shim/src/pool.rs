@@ -13,6 +13,7 @@ use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
 
 use crate::drain;
 use crate::http2;
@@ -30,14 +31,20 @@ pub enum PoolError {
     Http2(SocketAddr, h2::Error),
     #[error("no client credentials: {0}")]
     Credentials(#[from] TlsError),
+    /// The connect this caller waited for, shared with the other callers, failed.
+    #[error("{0}")]
+    Shared(Arc<PoolError>),
+    #[error("the connect to {0} was abandoned")]
+    Abandoned(SocketAddr),
 }
 
 impl PoolError {
     pub fn refusal(&self) -> Refusal {
         match self {
-            Self::Connect(..) | Self::Credentials(_) => Refusal::UpstreamUnreachable,
+            Self::Connect(..) | Self::Credentials(_) | Self::Abandoned(_) => Refusal::UpstreamUnreachable,
             Self::Handshake(_, e) => Refusal::Handshake(HandshakeFailure::classify(e)),
             Self::Http2(..) => Refusal::UpstreamHttp2,
+            Self::Shared(e) => e.refusal(),
         }
     }
 }
@@ -55,13 +62,14 @@ pub struct PoolKey {
     pub expected: Vec<String>,
 }
 
-/// An established CONNECT: the response, our sending half, and the pool slot
-/// it occupies until dropped.
+/// An established CONNECT: the response, our sending half, the peer's verified
+/// identity, and the pooled connection's slot it occupies until dropped (none for
+/// the unpooled inner connection of double HBONE, which holds the outer slot itself).
 pub struct Stream {
     pub response: http::Response<RecvStream>,
     pub send: SendStream<Bytes>,
     pub peer_identity: String,
-    pub slot: Slot,
+    pub slot: Option<Slot>,
 }
 
 #[derive(Clone)]
@@ -69,15 +77,31 @@ pub struct Pool {
     inner: Arc<PoolInner>,
 }
 
-type Entry = Arc<tokio::sync::Mutex<Vec<Arc<Connection>>>>;
+/// The outcome of a connect in flight, once known; every waiting caller reads it.
+type Pending = watch::Receiver<Option<Result<(), Arc<PoolError>>>>;
+
+/// The connections of one key, and the connect in flight for it (at most one).
+#[derive(Default)]
+struct Entry {
+    connections: Vec<Arc<Connection>>,
+    connecting: Option<Pending>,
+}
 
 struct PoolInner {
     credentials: Arc<Credentials>,
     metrics: Arc<Metrics>,
     tuning: Tuning,
     drain: drain::Watcher,
+    /// Never held across an await: a slow connect blocks no other key, and no caller.
     entries: Mutex<HashMap<PoolKey, Entry>>,
     next_id: AtomicU64,
+}
+
+impl PoolInner {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Entry>> {
+        // The map stays consistent even if a holder panicked: every update is one step.
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 struct Connection {
@@ -143,33 +167,70 @@ impl Pool {
         let (response, send) = sender.send_request(request, false).map_err(fail)?;
         let response = response.await.map_err(fail)?;
         self.inner.metrics.pool_streams_opened.inc();
-        Ok(Stream { response, send, peer_identity: connection.peer_identity.clone(), slot })
+        Ok(Stream { response, send, peer_identity: connection.peer_identity.clone(), slot: Some(slot) })
     }
 
+    /// A slot on a connection with room, joining (or starting) the one connect in
+    /// flight for this key when there is none: N callers to a dead peer wait for one
+    /// connect, not N in a row.
     async fn checkout(&self, key: &PoolKey) -> Result<Slot, PoolError> {
-        let entry = match self.inner.entries.lock() {
-            Ok(mut entries) => entries.entry(key.clone()).or_default().clone(),
-            // A poisoned map: carry on unpooled rather than fail the connection.
-            Err(_) => Entry::default(),
-        };
-        // Holding the key's lock while connecting makes concurrent callers wait for
-        // the new connection instead of each opening their own.
-        let mut connections = entry.lock().await;
-        connections.retain(|c| !c.closed.load(Ordering::Acquire));
-        if let Some(connection) = connections.iter().find(|c| c.try_reserve()) {
-            return Ok(Slot(connection.clone()));
+        loop {
+            let mut pending = {
+                let mut entries = self.inner.entries();
+                let entry = entries.entry(key.clone()).or_default();
+                entry.connections.retain(|c| !c.closed.load(Ordering::Acquire));
+                if let Some(connection) = entry.connections.iter().find(|c| c.try_reserve()) {
+                    return Ok(Slot(connection.clone()));
+                }
+                match &entry.connecting {
+                    Some(pending) => pending.clone(),
+                    None => {
+                        let pending = self.start_connect(key.clone());
+                        entry.connecting = Some(pending.clone());
+                        pending
+                    }
+                }
+            };
+            let outcome = match pending.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome.clone(),
+                Err(_) => return Err(PoolError::Abandoned(key.destination)),
+            };
+            match outcome {
+                // A new connection is in the pool: race for its slots.
+                Some(Ok(())) => continue,
+                Some(Err(e)) => return Err(PoolError::Shared(e)),
+                None => return Err(PoolError::Abandoned(key.destination)),
+            }
         }
-        let connection = self.connect(key).await?;
-        connections.push(connection.clone());
-        if connection.try_reserve() {
-            Ok(Slot(connection))
-        } else {
-            Err(PoolError::Http2(key.destination, h2::Reason::REFUSED_STREAM.into()))
-        }
+    }
+
+    /// Connects in a task of its own, so a caller that gives up does not cancel the
+    /// connect the others wait for; the result lands in the pool before they hear of it.
+    fn start_connect(&self, key: PoolKey) -> Pending {
+        let (done, pending) = watch::channel(None);
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let result = pool.connect(&key).await;
+            let outcome = {
+                let mut entries = pool.inner.entries();
+                let entry = entries.entry(key).or_default();
+                entry.connecting = None;
+                match result {
+                    Ok(connection) => {
+                        entry.connections.push(connection);
+                        Ok(())
+                    }
+                    Err(e) => Err(Arc::new(e)),
+                }
+            };
+            let _ = done.send(Some(outcome));
+        });
+        pending
     }
 
     async fn connect(&self, key: &PoolKey) -> Result<Arc<Connection>, PoolError> {
         let tuning = &self.inner.tuning;
+        self.inner.metrics.pool_connect_attempts.inc();
         let tcp = connect_from(key.source_address, key.destination, tuning).await?;
         let config = self.inner.credentials.client_config(&key.source, &key.expected)?;
         let tls = tls_connect(config, tcp, tuning).await.map_err(|e| PoolError::Handshake(key.destination, e))?;
@@ -193,20 +254,21 @@ impl Pool {
         Ok(pooled)
     }
 
-    /// Stops handing out a connection; it closes once its last stream ends.
-    async fn release(&self, key: &PoolKey, id: u64) {
-        let entry = match self.inner.entries.lock() {
-            Ok(entries) => entries.get(key).cloned(),
-            Err(_) => None,
-        };
-        if let Some(entry) = entry {
-            entry.lock().await.retain(|c| c.id != id);
+    /// Stops handing out a connection; it closes once its last stream ends. Never
+    /// waits, so the caller keeps driving the connection.
+    fn release(&self, key: &PoolKey, id: u64) {
+        let mut entries = self.inner.entries();
+        if let Some(entry) = entries.get_mut(key) {
+            entry.connections.retain(|c| c.id != id);
+            if entry.connections.is_empty() && entry.connecting.is_none() {
+                entries.remove(key);
+            }
         }
     }
 }
 
 /// Polls a pooled connection until it ends; releases it from the pool when
-/// idle too long, on drain, or when its keepalive fails.
+/// idle too long, on drain, or when its keepalive fails. Closes it at the drain deadline.
 async fn drive<T>(mut connection: h2::client::Connection<T, Bytes>, pooled: Weak<Connection>, key: PoolKey, pool: Pool)
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -230,13 +292,14 @@ where
             () = &mut keepalive => break,
             () = drain.draining(), if !released => {
                 released = true;
-                pool.release(&key, id).await;
+                pool.release(&key, id);
             }
+            () = drain.forced() => break,
             () = tokio::time::sleep_until(wake.into()), if !released => {
                 if idle_deadline.is_some_and(|deadline| deadline <= Instant::now()) {
                     tracing::debug!(destination = %key.destination, id, "idle pooled HBONE connection dropped");
                     released = true;
-                    pool.release(&key, id).await;
+                    pool.release(&key, id);
                 }
             }
         }
@@ -244,7 +307,7 @@ where
     if let Some(c) = pooled.upgrade() {
         c.closed.store(true, Ordering::Release);
     }
-    pool.release(&key, id).await;
+    pool.release(&key, id);
     pool.inner.metrics.pool_connections.dec();
 }
 

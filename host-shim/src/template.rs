@@ -1,5 +1,7 @@
 //! Fills the `@NAME@` placeholders of the Envoy templates in envoy-configs/.
 
+use std::time::Duration;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the template still holds placeholder {0} after rendering")]
 pub struct Leftover(pub String);
@@ -67,6 +69,53 @@ fn leftover_placeholder(text: &str) -> Option<String> {
             is_name.then(|| format!("@{candidate}@"))
         })
     })
+}
+
+/// The waypoint and the east-west gateway face every workload of the mesh, so they are
+/// configured as Envoy's edge-proxy guidance says ("Configuring Envoy as an edge
+/// proxy"): bounded handshakes, headers and idle time, and a global connection limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    /// TLS must be done by then (`transport_socket_connect_timeout`): raw TCP that never
+    /// speaks and stalled handshakes hold no credential.
+    pub tls_handshake: Duration,
+    /// Request headers must have arrived by then (`request_headers_timeout`).
+    pub request_headers: Duration,
+    /// A connection with no stream is closed after this (`idle_timeout`). ztunnel keeps
+    /// idle pooled connections 5 min and simply reconnects, so shorter costs a handshake.
+    pub connection_idle: Duration,
+    /// A tunnel silent both ways this long is closed (`stream_idle_timeout`). Long, so
+    /// idle application connections (database pools) survive as they do through ztunnel.
+    pub tunnel_idle: Duration,
+    /// Downstream connections of the whole Envoy (overload manager), internal ones included.
+    pub max_connections: u64,
+}
+
+impl Default for Edge {
+    fn default() -> Self {
+        Self {
+            tls_handshake: Duration::from_secs(10),
+            request_headers: Duration::from_secs(10),
+            connection_idle: Duration::from_secs(60),
+            tunnel_idle: Duration::from_secs(3600),
+            // The guidance's example value; tunnels count once on each internal hop.
+            max_connections: 50_000,
+        }
+    }
+}
+
+impl Edge {
+    /// The placeholders every edge listener template shares.
+    pub fn replacements(&self) -> [(&'static str, String); 5] {
+        let seconds = |d: Duration| quoted(&format!("{}s", d.as_secs()));
+        [
+            ("@TLS_HANDSHAKE_TIMEOUT@", seconds(self.tls_handshake)),
+            ("@REQUEST_HEADERS_TIMEOUT@", seconds(self.request_headers)),
+            ("@CONNECTION_IDLE_TIMEOUT@", seconds(self.connection_idle)),
+            ("@TUNNEL_IDLE_TIMEOUT@", seconds(self.tunnel_idle)),
+            ("@MAX_CONNECTIONS@", self.max_connections.to_string()),
+        ]
+    }
 }
 
 #[cfg(test)]

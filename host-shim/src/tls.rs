@@ -17,7 +17,7 @@ use rustls::{
     CertificateError, ClientConfig, CommonState, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
     ServerConfig, SignatureScheme,
 };
-use waypoint_core::SpiffeId;
+use waypoint_core::{Peer, SpiffeId};
 
 use crate::ca::{CaError, CertDir};
 
@@ -190,10 +190,44 @@ pub fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
         .collect()
 }
 
+/// The identity a certificate stands for: its first URI SAN that is a SPIFFE
+/// identity (ztunnel's `identity()`; Istio's filters also take the first).
+pub fn identity_of(cert: &CertificateDer<'_>) -> Option<String> {
+    uri_sans(cert).into_iter().find(|uri| SpiffeId::parse(uri).is_some())
+}
+
 /// The peer's SPIFFE identity on an established connection.
 pub fn peer_identity(conn: &CommonState) -> Option<String> {
-    let leaf = conn.peer_certificates()?.first()?;
-    uri_sans(leaf).into_iter().find(|uri| SpiffeId::parse(uri).is_some())
+    identity_of(conn.peer_certificates()?.first()?)
+}
+
+/// What pinning a peer to its verified identity found in its baggage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityCheck {
+    /// Baggage named the identity's namespace.
+    Agreed,
+    /// Baggage named no namespace; the identity's fills it.
+    Filled,
+    /// Baggage named another namespace; the identity's replaces it (counted).
+    Contradicted,
+    /// No SPIFFE identity to pin to (nothing verified): baggage stands.
+    NoIdentity,
+}
+
+/// Makes `identity` the peer's principal and its namespace the peer's namespace:
+/// a certificate is verified, baggage is only claimed (PROTOCOL.md §4).
+pub fn pin_to_identity(peer: &mut Peer, identity: &str) -> IdentityCheck {
+    identity.clone_into(&mut peer.principal);
+    let Some(id) = SpiffeId::parse(identity) else { return IdentityCheck::NoIdentity };
+    let check = if peer.namespace.is_empty() {
+        IdentityCheck::Filled
+    } else if peer.namespace == id.namespace {
+        IdentityCheck::Agreed
+    } else {
+        IdentityCheck::Contradicted
+    };
+    id.namespace.clone_into(&mut peer.namespace);
+    check
 }
 
 fn refuse(err: PeerIdentityError) -> rustls::Error {
@@ -219,9 +253,10 @@ impl ClientCertVerifier for TrustDomainVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        let in_domain = uri_sans(end_entity)
-            .iter()
-            .any(|uri| SpiffeId::parse(uri).is_some_and(|id| id.trust_domain == self.trust_domain));
+        // The identity that will label the peer is the one that must be in our domain.
+        let identity = identity_of(end_entity);
+        let in_domain =
+            identity.as_deref().and_then(SpiffeId::parse).is_some_and(|id| id.trust_domain == self.trust_domain);
         if !in_domain {
             return Err(refuse(PeerIdentityError::ForeignTrustDomain(self.trust_domain.clone())));
         }
@@ -277,11 +312,13 @@ impl ServerCertVerifier for ExpectedIdentityVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        let found = uri_sans(end_entity);
-        if found.iter().any(|uri| self.expected.contains(uri)) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(refuse(PeerIdentityError::Unexpected { found, expected: self.expected.clone() }))
+        // The identity that will label the peer must be one we expect, not just any SAN.
+        match identity_of(end_entity) {
+            Some(identity) if self.expected.contains(&identity) => Ok(ServerCertVerified::assertion()),
+            _ => Err(refuse(PeerIdentityError::Unexpected {
+                found: uri_sans(end_entity),
+                expected: self.expected.clone(),
+            })),
         }
     }
 

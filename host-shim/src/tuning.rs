@@ -36,11 +36,26 @@ pub struct Tuning {
     pub ping_timeout: Duration,
     /// A pooled connection unused for 5 min is closed: keeps idle sockets bounded.
     pub pool_idle_timeout: Duration,
-    /// TCP connects to apps and HBONE peers: fail a dead destination instead of hanging.
+    /// TCP connects to apps and HBONE peers: fail a dead destination instead of hanging
+    /// (ztunnel's CONNECTION_TIMEOUT). Concurrent callers for one HBONE peer share one
+    /// connect, so a dead peer costs each of them at most this (plus the TLS handshake).
     pub connect_timeout: Duration,
     /// TLS handshakes: a peer that opens a socket and says nothing is dropped.
     pub handshake_timeout: Duration,
-    /// After SIGTERM, how long open tunnels may finish before the shim exits anyway.
+    /// From the end of TLS to the client's HTTP/2 preface: a client that finishes TLS
+    /// and then says nothing is dropped. ztunnel has none; 10 s is Go's x/net/http2
+    /// `prefaceTimeout`, and a real client sends its preface in the same flight as its
+    /// TLS Finished.
+    pub h2_handshake_timeout: Duration,
+    /// An inbound connection with no open stream for this long is closed (GOAWAY).
+    /// ztunnel has none (it relies on PING and TCP keepalive, which a live but idle
+    /// peer answers); twice ztunnel's 5 min pool release, so a real client always retires
+    /// its idle pooled connection first and never races our close, yet a peer that opens
+    /// connections and never uses them cannot hold them forever. Streams that are open
+    /// keep the connection alive however quiet they are: a tunnel is never cut.
+    pub idle_connection_timeout: Duration,
+    /// After SIGTERM, how long open tunnels may finish before the shim closes them
+    /// (ztunnel's 5 s connection termination deadline).
     pub drain_deadline: Duration,
     /// Largest request the admin endpoint reads (it serves only GET /metrics, /ready).
     pub admin_max_request: usize,
@@ -64,6 +79,8 @@ impl Default for Tuning {
             pool_idle_timeout: Duration::from_secs(5 * 60),
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            h2_handshake_timeout: Duration::from_secs(10),
+            idle_connection_timeout: Duration::from_secs(10 * 60),
             drain_deadline: Duration::from_secs(5),
             admin_max_request: 8 * 1024,
         }

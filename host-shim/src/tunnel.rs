@@ -1,5 +1,9 @@
 //! One HTTP/2 stream as a byte stream, and the splice that joins two byte
-//! streams with backpressure and half-close.
+//! streams with backpressure and half-close, counting bytes as they move.
+//!
+//! How a tunnel ends is what ztunnel records: END_STREAM both ways (or a reset
+//! with NO_ERROR) is a clean close; a RST_STREAM with an error code, or a broken
+//! HTTP/2 connection, is a failed one ([`Ending::Failed`], `response_flags="CONNECT"`).
 //!
 //! Memory per tunnel is bounded: the h2 side holds at most one stream window of
 //! received data, released to the sender only as those bytes are written out
@@ -12,8 +16,36 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
-use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::metrics::ConnectionRecord;
+
+/// Why the HTTP/2 side of a tunnel stopped; carried inside the `io::Error`s of
+/// [`H2Reader`] and [`H2Writer`] so the splice's result tells which side failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("HBONE stream reset by the peer ({0:?})")]
+    Reset(Reason),
+    #[error("HBONE connection failed: {0}")]
+    Connection(h2::Error),
+}
+
+impl StreamError {
+    fn into_io(self) -> io::Error {
+        let kind = match self {
+            Self::Reset(_) => io::ErrorKind::ConnectionReset,
+            Self::Connection(_) => io::ErrorKind::ConnectionAborted,
+        };
+        io::Error::new(kind, self)
+    }
+
+    fn from_h2(err: h2::Error) -> Self {
+        match err.reason() {
+            Some(reason) if !err.is_go_away() && !err.is_io() => Self::Reset(reason),
+            _ => Self::Connection(err),
+        }
+    }
+}
 
 /// The receiving half of a tunnel stream.
 pub struct H2Reader {
@@ -32,10 +64,6 @@ pub fn h2_stream(send: SendStream<Bytes>, recv: RecvStream, max_write: usize) ->
     (H2Reader { recv, chunk: Bytes::new() }, H2Writer { send, max_write })
 }
 
-fn h2_to_io(err: h2::Error) -> io::Error {
-    if err.is_io() { err.into_io().unwrap_or_else(|| io::ErrorKind::Other.into()) } else { io::Error::other(err) }
-}
-
 impl AsyncBufRead for H2Reader {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
@@ -43,9 +71,10 @@ impl AsyncBufRead for H2Reader {
             match ready!(this.recv.poll_data(cx)) {
                 Some(Ok(data)) => this.chunk = data,
                 None => break,
-                // A peer that cancels or says "no error" has closed its side (ztunnel reads it so).
-                Some(Err(e)) if matches!(e.reason(), Some(Reason::NO_ERROR | Reason::CANCEL)) => break,
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                // RST_STREAM(NO_ERROR): the peer is done, gracefully (RFC 9113 §8.1).
+                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) && !e.is_go_away() => break,
+                // Any other code (CANCEL included) aborts the tunnel, as ztunnel counts it.
+                Some(Err(e)) => return Poll::Ready(Err(StreamError::from_h2(e).into_io())),
             }
         }
         Poll::Ready(Ok(&this.chunk))
@@ -71,11 +100,11 @@ impl AsyncRead for H2Reader {
 }
 
 impl H2Writer {
-    fn reset_error(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+    /// Why the stream no longer takes data: the peer's reset code, or the connection's error.
+    fn reset_error(&mut self, cx: &mut Context<'_>) -> Poll<StreamError> {
         Poll::Ready(match ready!(self.send.poll_reset(cx)) {
-            Ok(Reason::NO_ERROR | Reason::CANCEL | Reason::STREAM_CLOSED) => io::ErrorKind::BrokenPipe.into(),
-            Ok(reason) => io::Error::other(h2::Error::from(reason)),
-            Err(e) => h2_to_io(e),
+            Ok(reason) => StreamError::Reset(reason),
+            Err(e) => StreamError::from_h2(e),
         })
     }
 }
@@ -102,7 +131,7 @@ impl AsyncWrite for H2Writer {
                 Some(Err(_)) | None => break,
             }
         }
-        self.reset_error(cx).map(Err)
+        self.reset_error(cx).map(|e| Err(e.into_io()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -114,7 +143,11 @@ impl AsyncWrite for H2Writer {
         if self.send.send_data(Bytes::new(), true).is_ok() {
             return Poll::Ready(Ok(()));
         }
-        self.reset_error(cx).map(Err)
+        self.reset_error(cx).map(|e| match e {
+            // The peer closed with "no error": our end is over too, cleanly.
+            StreamError::Reset(Reason::NO_ERROR) => Ok(()),
+            e => Err(e.into_io()),
+        })
     }
 }
 
@@ -145,25 +178,57 @@ impl AsyncWrite for H2Io {
     }
 }
 
-/// Bytes moved by a finished splice.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Moved {
-    /// From the downstream (the side that opened the connection) to the upstream.
-    pub sent: u64,
-    /// From the upstream back to the downstream.
-    pub received: u64,
+/// How a splice ended, as the L4 metrics record it.
+#[derive(Debug)]
+pub enum Ending {
+    /// Both directions ended with end of stream (FIN / END_STREAM).
+    Clean,
+    /// The app's TCP connection was reset or cut: the tunnel was fine (ztunnel ignores these).
+    AppClosedAbruptly(io::Error),
+    /// The HBONE stream was reset with an error code or its connection broke, or
+    /// another I/O error: ztunnel's failed connection, `response_flags="CONNECT"`.
+    Failed(io::Error),
 }
 
-/// Copies both ways until both sides have closed. When one side ends its
-/// writes, the other side's writes are ended too and the opposite direction
-/// keeps flowing (half-close). An error in either direction aborts both, so the
-/// peers see a reset rather than a silent truncation.
+impl Ending {
+    pub fn of(result: io::Result<()>) -> Self {
+        let Err(e) = result else { return Self::Clean };
+        match e.get_ref().and_then(|inner| inner.downcast_ref::<StreamError>()) {
+            Some(StreamError::Reset(Reason::NO_ERROR)) => Self::Clean,
+            Some(_) => Self::Failed(e),
+            None if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::NotConnected
+                    | io::ErrorKind::UnexpectedEof
+            ) =>
+            {
+                Self::AppClosedAbruptly(e)
+            }
+            None => Self::Failed(e),
+        }
+    }
+
+    pub fn error(&self) -> Option<&io::Error> {
+        match self {
+            Self::Clean => None,
+            Self::AppClosedAbruptly(e) | Self::Failed(e) => Some(e),
+        }
+    }
+}
+
+/// Copies both ways until both sides have closed, counting each chunk in
+/// `record` as it is written (so a tunnel cut short still reports its bytes).
+/// Downstream is the client's side: what it sends is client → server. When one
+/// side ends its writes, the other side's writes are ended too and the opposite
+/// direction keeps flowing (half-close). An error in either direction aborts
+/// both, so the peers see a reset rather than a silent truncation.
 pub async fn splice<DR, DW, UR, UW>(
     downstream: (DR, DW),
     upstream: (UR, UW),
-    sent: &Counter,
-    received: &Counter,
-) -> io::Result<Moved>
+    record: &ConnectionRecord,
+) -> io::Result<()>
 where
     DR: AsyncBufRead + Unpin,
     DW: AsyncWrite + Unpin,
@@ -172,16 +237,18 @@ where
 {
     let (down_read, down_write) = downstream;
     let (up_read, up_write) = upstream;
-    let (sent, received) = tokio::try_join!(pump(down_read, up_write, sent), pump(up_read, down_write, received))?;
-    Ok(Moved { sent, received })
+    tokio::try_join!(
+        pump(down_read, up_write, |n| record.client_to_server(n)),
+        pump(up_read, down_write, |n| record.server_to_client(n))
+    )?;
+    Ok(())
 }
 
-async fn pump<R, W>(mut from: R, mut to: W, counter: &Counter) -> io::Result<u64>
+async fn pump<R, W>(mut from: R, mut to: W, count: impl Fn(u64)) -> io::Result<()>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut total = 0u64;
     loop {
         let chunk = from.fill_buf().await?;
         if chunk.is_empty() {
@@ -192,9 +259,38 @@ where
             return Err(io::ErrorKind::WriteZero.into());
         }
         from.consume(n);
-        counter.inc_by(n as u64);
-        total += n as u64;
+        count(n as u64);
     }
-    to.shutdown().await?;
-    Ok(total)
+    to.shutdown().await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn reset(reason: Reason) -> io::Result<()> {
+        Err(StreamError::Reset(reason).into_io())
+    }
+
+    #[test]
+    fn end_of_stream_both_ways_and_a_no_error_reset_are_clean() {
+        assert!(matches!(Ending::of(Ok(())), Ending::Clean));
+        assert!(matches!(Ending::of(reset(Reason::NO_ERROR)), Ending::Clean));
+    }
+
+    #[test]
+    fn a_reset_with_an_error_code_is_a_failed_tunnel() {
+        for reason in [Reason::CANCEL, Reason::INTERNAL_ERROR, Reason::REFUSED_STREAM, Reason::PROTOCOL_ERROR] {
+            assert!(matches!(Ending::of(reset(reason)), Ending::Failed(_)), "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn an_app_that_resets_its_tcp_connection_does_not_fail_the_tunnel() {
+        let app_reset = Err(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert!(matches!(Ending::of(app_reset), Ending::AppClosedAbruptly(_)));
+        let other = Err(io::Error::from(io::ErrorKind::WriteZero));
+        assert!(matches!(Ending::of(other), Ending::Failed(_)));
+    }
 }

@@ -8,10 +8,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use serde_json::{Value, json};
-use waypoint_core::roles::{DOWNSTREAM_FORMAT, SERVICE_HEADER, UPSTREAM_CONNECTION_HEADER};
+use waypoint_core::contract::{
+    DOWNSTREAM_PARTS, ENDPOINT_HEADER, ENDPOINT_METADATA_KEY, ENDPOINT_METADATA_NAMESPACE, ERROR_REASON_TAG,
+    SERVICE_HEADER, UPSTREAM_CONNECTION_HEADER, route_response_headers,
+};
+use waypoint_core::labels::{BUILD_TAGS, LABEL_NAMES, stats_tag_regex};
+use waypoint_core::{Limits, endpoint};
 
 use crate::ca::{CaError, CertDir};
 use crate::config::{Mesh, Service, Workload};
+pub use crate::template::Edge;
 use crate::template::{self, quoted};
 
 /// The template, built in so the binary and the tests render the same file.
@@ -45,6 +51,10 @@ pub struct Waypoint<'a> {
     pub baggage_discovery: bool,
     /// This project's filters; without them a plain waypoint (the benchmarks' baseline).
     pub telemetry: bool,
+    /// The plugins' limits (the plugin's defaults unless a test or an operator says otherwise).
+    pub limits: Limits,
+    /// How long slow or idle clients may hold a connection.
+    pub edge: Edge,
 }
 
 pub fn render(template: &str, params: &Waypoint<'_>) -> Result<String, WaypointError> {
@@ -85,8 +95,8 @@ pub fn render(template: &str, params: &Waypoint<'_>) -> Result<String, WaypointE
                 network: network.to_owned(),
             })?;
             gateway_sans.insert(gateway.identity.clone());
-            let pods = mesh.endpoints(service).filter(|w| w.network == network).count();
-            endpoints.push(remote_endpoint(service, network, gateway.address, pods));
+            let pods: Vec<&Workload> = mesh.endpoints(service).filter(|w| w.network == network).collect();
+            endpoints.push(remote_endpoint(service, network, gateway.address, &pods));
         }
         clusters.push(service_cluster(service, endpoints));
     }
@@ -94,6 +104,7 @@ pub fn render(template: &str, params: &Waypoint<'_>) -> Result<String, WaypointE
     let path = |p: &Path| quoted(&p.display().to_string());
     let plugin_config = json!({
         "baggage_discovery": params.baggage_discovery,
+        "limits": limits_json(&params.limits),
         "identity": {
             "workload_name": me.name,
             "workload_type": me.workload_type.as_str(),
@@ -105,7 +116,11 @@ pub fn render(template: &str, params: &Waypoint<'_>) -> Result<String, WaypointE
             "zone": me.zone,
         },
     });
-    let replacements = [
+    let mut replacements = vec![
+        ("@STATS_TAGS@", stats_tags()),
+        ("@DOWNSTREAM_FILTER_STATE@", downstream_filter_state()),
+        ("@STATS_INPUTS@", stats_inputs().to_string()),
+        ("@STATS_INPUTS_CLEANUP@", stats_inputs_cleanup().to_string()),
         ("@ADMIN_ADDRESS@", quoted(&params.admin.ip().to_string())),
         ("@ADMIN_PORT@", params.admin.port().to_string()),
         ("@LISTEN_ADDRESS@", quoted(&listen.ip().to_string())),
@@ -115,7 +130,6 @@ pub fn render(template: &str, params: &Waypoint<'_>) -> Result<String, WaypointE
         ("@ROOT_CERT@", path(&params.certs.root())),
         ("@SAN_PREFIX@", quoted(&format!("spiffe://{}/", mesh.trust_domain))),
         ("@WASM@", path(params.wasm)),
-        ("@DOWNSTREAM_FORMAT@", quoted(DOWNSTREAM_FORMAT)),
         ("@PLUGIN_CONFIG@", quoted(&plugin_config.to_string())),
         ("@NETWORK@", quoted(&me.network)),
         ("@ACCESS_LOG@", path(params.access_log)),
@@ -129,6 +143,7 @@ pub fn render(template: &str, params: &Waypoint<'_>) -> Result<String, WaypointE
         ("@REMOTE_SANS@", san_matchers(&remote_sans)),
         ("@GATEWAY_SANS@", san_matchers(&gateway_sans)),
     ];
+    replacements.extend(params.edge.replacements());
     Ok(template::fill(&template, &replacements)?)
 }
 
@@ -169,45 +184,125 @@ fn virtual_host(s: &Service, telemetry: bool) -> Value {
     if telemetry && let Some(host) = host.as_object_mut() {
         // For the stats role, in the response headers it reads anyway: the id of the
         // upstream connection that carried the response (which finds the tunnel, hence
-        // the destination peer) and the service the route chose.
-        host.insert(
-            "response_headers_to_add".into(),
-            json!([
-                {
-                    "header": { "key": UPSTREAM_CONNECTION_HEADER, "value": "%UPSTREAM_CONNECTION_ID%" },
-                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                },
-                {
-                    "header": { "key": SERVICE_HEADER, "value": cluster_name(s) },
-                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                },
-            ]),
-        );
+        // the destination peer), the upstream host's endpoint metadata, and the service
+        // the route chose.
+        let mut headers: Vec<Value> = route_response_headers()
+            .into_iter()
+            .map(|(key, value)| json!({ "header": { "key": key, "value": value }, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD" }))
+            .collect();
+        headers.push(json!({
+            "header": { "key": SERVICE_HEADER, "value": cluster_name(s) },
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }));
+        host.insert("response_headers_to_add".into(), Value::from(headers));
     }
     host
+}
+
+/// One `stats_tags` entry per Istio label, then the error counter's reason and
+/// `istio_build`'s tags: generated from the label list, never written by hand.
+fn stats_tags() -> String {
+    let names = LABEL_NAMES.iter().copied().chain([ERROR_REASON_TAG]).chain(BUILD_TAGS);
+    let tags: Vec<Value> = names.map(|name| json!({ "tag_name": name, "regex": stats_tag_regex(name) })).collect();
+    Value::from(tags).to_string()
+}
+
+/// connect_terminate's `set_filter_state` entries: one object per part of the downstream peer.
+fn downstream_filter_state() -> String {
+    let entries: Vec<Value> = DOWNSTREAM_PARTS
+        .iter()
+        .map(|part| {
+            json!({
+                "object_key": part.filter_state,
+                "factory_key": "envoy.hashable_string",
+                "format_string": { "text_format_source": { "inline_string": part.format }, "omit_empty_values": true },
+                "shared_with_upstream": "ONCE",
+            })
+        })
+        .collect();
+    Value::from(entries).to_string()
+}
+
+/// main_internal's first header_mutation: each downstream part into its own request
+/// header (a client's own copy removed first); the route's response headers removed
+/// once the stats filter has read them.
+fn stats_inputs() -> Value {
+    let mut request: Vec<Value> = DOWNSTREAM_PARTS.iter().map(|part| json!({ "remove": part.header })).collect();
+    request.extend(DOWNSTREAM_PARTS.iter().map(|part| {
+        json!({ "append": {
+            "header": { "key": part.header, "value": format!("%FILTER_STATE({}:PLAIN)%", part.filter_state) },
+            "append_action": "ADD_IF_ABSENT",
+        } })
+    }));
+    let response: Vec<Value> = [UPSTREAM_CONNECTION_HEADER, ENDPOINT_HEADER, SERVICE_HEADER]
+        .iter()
+        .map(|header| json!({ "remove": header }))
+        .collect();
+    json!({ "request_mutations": request, "response_mutations": response })
+}
+
+/// main_internal's last header_mutation: the downstream peer never reaches the app.
+fn stats_inputs_cleanup() -> Value {
+    let request: Vec<Value> = DOWNSTREAM_PARTS.iter().map(|part| json!({ "remove": part.header })).collect();
+    json!({ "request_mutations": request })
+}
+
+/// The plugin limits as the plugin configuration spells them.
+fn limits_json(limits: &Limits) -> Value {
+    json!({
+        "max_header_bytes": limits.max_header_bytes,
+        "max_value_bytes": limits.max_value_bytes,
+        "max_baggage_members": limits.max_baggage_members,
+        "max_label_sets": limits.max_label_sets,
+        "max_peers_per_identity": limits.max_peers_per_identity,
+        "max_tunnels": limits.max_tunnels,
+    })
+}
+
+/// Istio's endpoint metadata, the stats role's last discovery method for the destination.
+fn istio_metadata(workload: &str, namespace: &str, canonical_service: &str, revision: &str, cluster: &str) -> Value {
+    json!({ ENDPOINT_METADATA_NAMESPACE: {
+        ENDPOINT_METADATA_KEY: endpoint::encode(workload, namespace, canonical_service, revision, cluster),
+    } })
 }
 
 /// A same-network pod, reached by connect_originate at `<pod ip>:<hbone port>`.
 fn direct_endpoint(mesh: &Mesh, s: &Service, pod: &Workload) -> Value {
     let address = format!("{}:{}", pod.address, s.target_port);
+    let mut metadata =
+        istio_metadata(&pod.name, &pod.namespace, &pod.canonical_service, &pod.canonical_revision, &pod.cluster);
+    if let Some(metadata) = metadata.as_object_mut() {
+        metadata.insert(
+            "tunnel".into(),
+            json!({ "destination": format!("{}:{}", pod.address, mesh.hbone_port), "address": address }),
+        );
+    }
     json!({
         "endpoint": { "address": { "envoy_internal_address": { "server_listener_name": "connect_originate", "endpoint_id": address } } },
-        "metadata": { "filter_metadata": { "tunnel": {
-            "destination": format!("{}:{}", pod.address, mesh.hbone_port),
-            "address": address,
-        } } },
+        "metadata": { "filter_metadata": metadata },
     })
 }
 
 /// Another network's pods, as one endpoint weighted by their number: the
-/// gateway picks the pod, so the waypoint cannot.
-fn remote_endpoint(s: &Service, network: &str, gateway: SocketAddr, pods: usize) -> Value {
+/// gateway picks the pod, so the waypoint cannot. Its endpoint metadata names no
+/// workload, only the service's namespace and, when all those pods are in one
+/// cluster, that cluster: enough to place a failure in the right cluster.
+fn remote_endpoint(s: &Service, network: &str, gateway: SocketAddr, pods: &[&Workload]) -> Value {
     let address = format!("{}:{}", s.hostname, s.port);
+    let clusters: BTreeSet<&str> = pods.iter().map(|pod| pod.cluster.as_str()).collect();
+    let cluster = match clusters.iter().next() {
+        Some(only) if clusters.len() == 1 => *only,
+        _ => "",
+    };
+    let mut metadata = istio_metadata("", &s.namespace, "", "", cluster);
+    if let Some(metadata) = metadata.as_object_mut() {
+        metadata.insert("tunnel".into(), json!({ "destination": gateway.to_string(), "address": address }));
+    }
     json!({
         "endpoint": { "address": { "envoy_internal_address": {
             "server_listener_name": "connect_originate_remote", "endpoint_id": format!("{network}/{address}") } } },
-        "load_balancing_weight": pods.max(1),
-        "metadata": { "filter_metadata": { "tunnel": { "destination": gateway.to_string(), "address": address } } },
+        "load_balancing_weight": pods.len().max(1),
+        "metadata": { "filter_metadata": metadata },
     })
 }
 
@@ -225,7 +320,9 @@ fn service_cluster(s: &Service, endpoints: Vec<Value>) -> Value {
         "typed_extension_protocol_options": { "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             "common_http_protocol_options": { "idle_timeout": POOL_IDLE_TIMEOUT },
-            "explicit_http_config": { "http_protocol_options": {} },
+            // As Istio's waypoint: HTTP/2 (and gRPC) stay HTTP/2 toward the destination,
+            // HTTP/1.1 stays HTTP/1.1; trailers pass both ways.
+            "use_downstream_protocol_config": { "http_protocol_options": {}, "http2_protocol_options": {} },
         } },
         "transport_socket": {
             "name": "envoy.transport_sockets.internal_upstream",
@@ -260,33 +357,94 @@ fn yaml_list_items(items: &[Value]) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::eastwest::{self, EastWest};
+
+    /// The Envoy the project runs (`make build` installs it); a missing one fails the test.
+    fn envoy() -> std::path::PathBuf {
+        let default =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib/python3.11/site-packages/envoy/_bin/envoy");
+        let path = std::env::var_os("ENVOY_BIN").map(std::path::PathBuf::from).unwrap_or(default);
+        assert!(path.is_file(), "no Envoy at {} (run `make build`, or set ENVOY_BIN)", path.display());
+        path
+    }
+
+    /// Envoy itself checks the config: `--mode validate` loads every listener, cluster,
+    /// filter and certificate without serving.
+    fn assert_envoy_accepts(dir: &Path, name: &str, yaml: &str) {
+        let file = dir.join(name);
+        std::fs::write(&file, yaml).unwrap();
+        let out = std::process::Command::new(envoy())
+            .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "Envoy rejects {name}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     #[test]
-    fn the_example_mesh_renders_direct_and_double_hbone_endpoints() {
+    fn envoy_accepts_the_rendered_waypoint_plain_waypoint_and_gateway() {
         let mesh = Mesh::parse(include_str!("../mesh.example.json")).unwrap();
-        let certs = CertDir("/certs".into());
+        let dir = tempfile::tempdir().unwrap();
+        let identities = [
+            "spiffe://cluster.local/ns/bookinfo/sa/waypoint".to_owned(),
+            "spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway".to_owned(),
+        ];
+        let certs = crate::ca::generate(&dir.path().join("certs"), &identities).unwrap();
+        // Validation loads the module too: the built one (`make build`).
+        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/waypoint.wasm");
+        let wasm = std::env::var_os("WAYPOINT_WASM").map(std::path::PathBuf::from).unwrap_or(default);
+        assert!(wasm.is_file(), "no module at {} (run `make build`, or set WAYPOINT_WASM)", wasm.display());
         let params = Waypoint {
             mesh: &mesh,
             workload: "waypoint",
             certs: &certs,
-            wasm: Path::new("/dist/waypoint.wasm"),
+            wasm: &wasm,
             admin: "127.0.0.1:15000".parse().unwrap(),
-            access_log: Path::new("/tmp/waypoint.log"),
+            access_log: &dir.path().join("waypoint.log"),
             baggage_discovery: true,
             telemetry: true,
+            limits: Limits::default(),
+            edge: Edge::default(),
         };
-        let yaml = render(TEMPLATE, &params).unwrap();
-        assert!(yaml.contains(r#""exact":"10.96.0.20:9080""#), "CONNECT route by VIP");
-        assert!(yaml.contains(r#""name":"inbound-vip|9080|http|reviews.bookinfo.svc.cluster.local""#));
-        assert!(yaml.contains(r#""destination":"127.10.1.2:15008""#), "reviews-v1 is in the waypoint's network");
-        assert!(yaml.contains(r#""destination":"127.10.2.100:15008""#), "details goes through the gateway");
-        assert!(yaml.contains(r#""exact":"spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway""#));
-        assert!(!yaml.contains(r#"{"san_type":"URI","matcher":{"safe_regex""#));
-        assert!(yaml.contains("x-wp-upconn") && yaml.contains("root_id: stats"));
-
+        assert_envoy_accepts(dir.path(), "waypoint.yaml", &render(TEMPLATE, &params).unwrap());
         let plain = render(TEMPLATE, &Waypoint { telemetry: false, ..params }).unwrap();
-        for gone in ["x-wp-", "envoy.filters.http.wasm", "wp.downstream_peer", "header_mutation"] {
+        for gone in ["x-wp-", "envoy.filters.http.wasm", "wp.peer_", "http.header_mutation.v3", "grpc_stats.v3"] {
             assert!(!plain.contains(gone), "{gone} is one of the project's filters");
         }
+        assert_envoy_accepts(dir.path(), "plain.yaml", &plain);
+        let gateway = eastwest::render(
+            eastwest::TEMPLATE,
+            &EastWest {
+                mesh: &mesh,
+                network: "network-b",
+                certs: &certs,
+                admin: "127.0.0.1:15001".parse().unwrap(),
+                access_log: &dir.path().join("gateway.log"),
+            },
+        )
+        .unwrap();
+        assert_envoy_accepts(dir.path(), "gateway.yaml", &gateway);
+    }
+
+    #[test]
+    fn endpoints_carry_istio_endpoint_metadata() {
+        let mesh = Mesh::parse(include_str!("../mesh.example.json")).unwrap();
+        let reviews = mesh.services.iter().find(|s| s.name == "reviews").unwrap();
+        let pod = mesh.workload("reviews-v1").unwrap();
+        let direct = direct_endpoint(&mesh, reviews, pod);
+        assert_eq!(
+            direct["metadata"]["filter_metadata"]["istio"]["workload"],
+            "reviews-v1;bookinfo;reviews;v1;cluster-a"
+        );
+        let ratings = mesh.services.iter().find(|s| s.name == "ratings").unwrap();
+        let pods: Vec<&Workload> = mesh.endpoints(ratings).filter(|w| w.network == "network-b").collect();
+        let remote = remote_endpoint(ratings, "network-b", "127.0.0.1:15008".parse().unwrap(), &pods);
+        assert_eq!(remote["metadata"]["filter_metadata"]["istio"]["workload"], ";bookinfo;;;cluster-b");
+        assert_eq!(remote["load_balancing_weight"], 2);
     }
 }

@@ -87,6 +87,9 @@ async fn envoy_as_hbone_client_reaches_the_inbound_shim_and_sees_its_response_ba
     })
     .await;
     assert_eq!(metric(&text, "istio_tcp_sent_bytes_total", &inbound), data.len() as f64);
+    // Both apps finished: Envoy ends the CONNECT with END_STREAM, not an error reset.
+    let clean = [("reporter", "destination"), ("response_flags", "-")];
+    assert_eq!(metric(&text, "istio_tcp_connections_closed_total", &clean), 1.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,10 +161,13 @@ async fn the_outbound_shim_tunnels_into_envoy_terminating_connect_as_a_waypoint(
         ("destination_cluster", "wp-cluster"),
         ("destination_principal", waypoint.as_str()),
     ];
-    eventually_metric(&client, "the tunnel's labels", |t| {
+    let text = eventually_metric(&client, "the tunnel's labels", |t| {
         metric(t, "istio_tcp_connections_closed_total", &outbound) == 1.0
     })
     .await;
+    // Envoy ends a finished CONNECT with END_STREAM, not an error reset.
+    let clean = [("reporter", "source"), ("response_flags", "-")];
+    assert_eq!(metric(&text, "istio_tcp_connections_closed_total", &clean), 1.0, "{text}");
 }
 
 /// curl in network-a; ratings-v1-a and -b in network-b behind the east-west gateway.
@@ -237,10 +243,19 @@ async fn double_hbone_through_the_gateway_keeps_bytes_intact_and_the_inner_bagga
 
     // The destinations got the inner CONNECT: curl's baggage and x-forwarded-network.
     let inner = [("reporter", "destination"), ("source_workload", "curl"), ("source_cluster", "cluster-network-a")];
-    eventually_metric(&m.server, "4 inner tunnels", |t| metric(t, "istio_tcp_connections_closed_total", &inner) == 4.0)
-        .await;
+    let server = eventually_metric(&m.server, "4 inner tunnels", |t| {
+        metric(t, "istio_tcp_connections_closed_total", &inner) == 4.0
+    })
+    .await;
+    // Through the gateway too, each finished tunnel ends cleanly on both shims.
+    let clean = |reporter| [("reporter", reporter), ("response_flags", "-")];
+    assert_eq!(metric(&server, "istio_tcp_connections_closed_total", &clean("destination")), 4.0, "{server}");
     // The client got the inner 200's baggage: the pod that answered, never the gateway.
-    let client = scrape(&m.client).await;
+    let client = eventually_metric(&m.client, "4 outbound tunnels", |t| {
+        metric(t, "istio_tcp_connections_closed_total", &[("reporter", "source")]) == 4.0
+    })
+    .await;
+    assert_eq!(metric(&client, "istio_tcp_connections_closed_total", &clean("source")), 4.0, "{client}");
     let by_pod = |pod| metric(&client, "istio_tcp_connections_opened_total", &[("destination_workload", pod)]);
     assert_eq!(by_pod("ratings-v1-a") + by_pod("ratings-v1-b"), 4.0, "{client}");
     assert_eq!(

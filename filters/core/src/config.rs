@@ -33,10 +33,15 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Most `key=value` members read from one `baggage` header.
     pub max_baggage_members: usize,
-    /// Most distinct label sets defined as metrics per worker: bounds stat memory
-    /// when peers send endless distinct values. Past it, requests still count,
-    /// with unknown peers.
+    /// Most distinct label sets defined as metrics per worker, and most distinct
+    /// peers kept: bounds stat memory when peers send endless distinct values. Past
+    /// it, requests still count, with only what certificates vouch for (principal
+    /// and namespace); the other peer labels read `unknown`.
     pub max_label_sets: usize,
+    /// Most distinct peers one verified identity may describe itself as. One
+    /// identity flooding forged metadata then fills its own share, never the
+    /// waypoint's: its further peers keep only principal and namespace.
+    pub max_peers_per_identity: usize,
     /// Most tunnels whose upstream peer is remembered per worker.
     pub max_tunnels: usize,
 }
@@ -48,6 +53,7 @@ impl Default for Limits {
             max_value_bytes: 253,
             max_baggage_members: 64,
             max_label_sets: 10_000,
+            max_peers_per_identity: 256,
             max_tunnels: 100_000,
         }
     }
@@ -117,6 +123,7 @@ impl PluginConfig {
             ("max_value_bytes", raw.limits.max_value_bytes),
             ("max_baggage_members", raw.limits.max_baggage_members),
             ("max_label_sets", raw.limits.max_label_sets),
+            ("max_peers_per_identity", raw.limits.max_peers_per_identity),
             ("max_tunnels", raw.limits.max_tunnels),
         ] {
             if value == 0 {
@@ -152,7 +159,6 @@ fn identity_peer(id: &IdentityConfig, max: usize) -> Result<Peer, ConfigError> {
         zone: field("zone", &id.zone)?,
         instance: field("instance", &id.instance)?,
         principal: String::new(),
-        network: String::new(),
     };
     peer.fill_service_fallbacks();
     Ok(peer)

@@ -31,6 +31,7 @@ pub trait Stream {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MetricKind {
     Counter,
+    Gauge,
     Histogram,
 }
 
@@ -39,6 +40,7 @@ pub trait Metrics {
     /// Defines a metric. Envoy allocates on every call, so callers cache ids.
     fn define(&self, kind: MetricKind, name: &str) -> Result<u32, HostError>;
     fn increment(&self, id: u32, by: i64) -> Result<(), HostError>;
+    /// Records a histogram sample, or sets a gauge.
     fn record(&self, id: u32, value: u64) -> Result<(), HostError>;
 }
 

@@ -1,7 +1,7 @@
 //! Istio's L7 metric labels for `reporter="waypoint"` (PROTOCOL.md §4) and the
 //! encoding of labels into an Envoy stat name for `stats_config.stats_tags`.
 
-use crate::peer::{Peer, SpiffeId};
+use crate::peer::Peer;
 use crate::value;
 
 /// The label names, in Istio's order.
@@ -38,6 +38,20 @@ pub const REQUESTS_TOTAL: &str = "istio_requests_total";
 pub const REQUEST_DURATION: &str = "istio_request_duration_milliseconds";
 pub const REQUEST_BYTES: &str = "istio_request_bytes";
 pub const RESPONSE_BYTES: &str = "istio_response_bytes";
+/// gRPC messages each way (Envoy's `grpc_stats` filter state), for gRPC requests only.
+pub const REQUEST_MESSAGES: &str = "istio_request_messages_total";
+pub const RESPONSE_MESSAGES: &str = "istio_response_messages_total";
+
+/// Istio's proxies export `istio_build{component,tag} 1`, which dashboards and Kiali read.
+pub const BUILD: &str = "istio_build";
+/// The tags of [`BUILD`], encoded in its stat name like the labels.
+pub const BUILD_TAGS: [&str; 2] = ["component", "tag"];
+
+/// The stat name of `istio_build` for this module: component `proxy` as Istio's
+/// proxies say, tag this project's version.
+pub fn build_stat_name() -> String {
+    format!("{BUILD};component=proxy;tag={}", env!("CARGO_PKG_VERSION"))
+}
 
 const UNKNOWN: &str = "unknown";
 
@@ -77,10 +91,42 @@ pub struct RequestFacts<'a> {
     pub response_code: u32,
     /// True when the request's content-type is `application/grpc*`.
     pub grpc: bool,
-    /// The numeric gRPC status, when the request is gRPC and one was seen.
-    pub grpc_status: Option<u32>,
+    /// The gRPC status as [`grpc_status`] reads it, when the request is gRPC and one is known.
+    pub grpc_status: Option<i32>,
     /// Envoy's short response flags, e.g. `UF,URX`; empty when none.
     pub response_flags: &'a str,
+}
+
+/// Envoy's `Grpc::Status::InvalidCode`: what Istio reports for a `grpc-status` that is not
+/// one of the 17 codes. One fixed value, so an app cannot mint label values with it.
+pub const INVALID_GRPC_STATUS: i32 = -1;
+
+/// The highest gRPC status code (UNAUTHENTICATED).
+const MAX_GRPC_STATUS: u32 = 16;
+
+/// A `grpc-status` header value as Envoy's `Grpc::Common::getGrpcStatus` reads it: a code
+/// 0..=16, anything else [`INVALID_GRPC_STATUS`].
+pub fn grpc_status(raw: &[u8]) -> i32 {
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|text| text.parse::<u32>().ok())
+        .filter(|code| *code <= MAX_GRPC_STATUS)
+        .and_then(|code| i32::try_from(code).ok())
+        .unwrap_or(INVALID_GRPC_STATUS)
+}
+
+/// The gRPC status Envoy infers from the HTTP status of a gRPC response that carried no
+/// `grpc-status` (`Grpc::Utility::httpToGrpcStatus`); `None` when no response was sent.
+pub fn grpc_status_from_http(response_code: u32) -> Option<i32> {
+    match response_code {
+        0 => None,
+        400 => Some(13),             // INTERNAL
+        401 => Some(16),             // UNAUTHENTICATED
+        403 => Some(7),              // PERMISSION_DENIED
+        404 => Some(12),             // UNIMPLEMENTED
+        429 | 502..=504 => Some(14), // UNAVAILABLE
+        _ => Some(2),                // UNKNOWN
+    }
 }
 
 /// The 25 label values, in [`LABEL_NAMES`] order.
@@ -92,8 +138,9 @@ impl Labels {
     /// from the upstream peer, service from the route, `unknown` for gaps.
     pub fn waypoint(source: &Peer, destination: &Peer, service: &RoutedService, facts: &RequestFacts<'_>) -> Self {
         let or_unknown = |v: &str| if v.is_empty() { UNKNOWN.to_owned() } else { v.to_owned() };
-        // The namespace proven by the TLS identity beats the one claimed in baggage.
-        let source_namespace = SpiffeId::parse(&source.principal).map_or(source.namespace.as_str(), |id| id.namespace);
+        // The namespace proven by a TLS identity beats the one claimed in metadata, on both sides.
+        let source_namespace = source.verified_namespace().unwrap_or(&source.namespace);
+        let destination_namespace = destination.verified_namespace().unwrap_or(&destination.namespace);
         let source_revision =
             if source.canonical_revision.is_empty() { "latest".to_owned() } else { source.canonical_revision.clone() };
         // As Istio's stats filter for a waypoint: the policy of the downstream
@@ -110,7 +157,7 @@ impl Labels {
             or_unknown(&source.version),
             or_unknown(&source.cluster),
             or_unknown(&destination.workload_name),
-            or_unknown(&destination.namespace),
+            or_unknown(destination_namespace),
             or_unknown(&destination.principal),
             or_unknown(&destination.app),
             or_unknown(&destination.version),
@@ -152,6 +199,7 @@ impl Labels {
 
 /// The `stats_tags` regex that extracts label `name` from a stat name built
 /// with [`Labels::stat_suffix`]: the first group is cut, the second is the value.
+/// The renderer writes one per label into the Envoy config, so names exist once.
 pub fn stats_tag_regex(name: &str) -> String {
     format!("(;{name}=([^;]*))")
 }
@@ -172,6 +220,20 @@ mod tests {
         for bad in [&b"main_internal"[..], b"a|b|c", b"inbound-vip|1|http|bad;host", b"a|b|c|d|e"] {
             assert_eq!(RoutedService::from_cluster_name(bad, 253), RoutedService::default(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn grpc_status_takes_only_the_seventeen_codes() {
+        assert_eq!(grpc_status(b"0"), 0);
+        assert_eq!(grpc_status(b"14"), 14);
+        assert_eq!(grpc_status(b"16"), 16);
+        for bad in [&b"17"[..], b"200", b"-1", b"", b"abc", b"\xff", b"99999999999999999999"] {
+            assert_eq!(grpc_status(bad), -1, "{bad:?}");
+        }
+        assert_eq!(grpc_status_from_http(200), Some(2));
+        assert_eq!(grpc_status_from_http(503), Some(14));
+        assert_eq!(grpc_status_from_http(404), Some(12));
+        assert_eq!(grpc_status_from_http(0), None);
     }
 
     #[test]

@@ -75,7 +75,6 @@ pub fn decode(raw: &[u8], limits: &Limits) -> Result<Decoded, LegacyError> {
         zone: text(&node.fields, "AVAILABILITY_ZONE"),
         instance: text(&node.fields, "NAME"),
         principal: String::new(),
-        network: String::new(),
     };
     Ok(Decoded { peer, rejected_values })
 }

@@ -3,9 +3,11 @@
 //! - [`peer`]: the peer model and SPIFFE identities;
 //! - [`baggage`]: the HBONE `baggage` header, every form ztunnel and Envoy write;
 //! - [`legacy`]: the sidecar-era `x-envoy-peer-metadata` header;
+//! - [`endpoint`]: Istio's endpoint metadata, the destination's last discovery method;
 //! - [`labels`]: Istio's waypoint metric labels and their stat-name encoding;
 //! - [`response_flags`]: Envoy's response flag bits as short strings;
 //! - [`config`]: the plugin configuration;
+//! - [`contract`]: every name and format shared with the Envoy configs;
 //! - [`host`]: the small traits the roles need from the proxy;
 //! - [`roles`]: what each of the module's three filters does;
 //! - [`worker`]: per-worker state: tunnel table, interned peers, metric ids;
@@ -13,6 +15,8 @@
 
 pub mod baggage;
 pub mod config;
+pub mod contract;
+pub mod endpoint;
 pub mod host;
 pub mod labels;
 pub mod legacy;

@@ -103,13 +103,50 @@ pub struct Peer {
     pub instance: String,
     /// SPIFFE identity. Never taken from baggage: it comes from the TLS peer.
     pub principal: String,
-    pub network: String,
 }
 
 impl Peer {
     /// True when nothing at all is known about the peer.
     pub fn is_empty(&self) -> bool {
         *self == Peer::default()
+    }
+
+    /// True when the peer's labels say more than its TLS identity proves (metadata arrived).
+    pub fn has_metadata(&self) -> bool {
+        self.clone().label_fields() != self.verified_only()
+    }
+
+    /// Only what the metric labels show: locality and the pod name are not labels, so
+    /// interning them would give every pod of a deployment its own slot.
+    pub fn label_fields(mut self) -> Self {
+        self.region.clear();
+        self.zone.clear();
+        self.instance.clear();
+        self
+    }
+
+    /// What a certificate vouches for and nothing else: the principal and its namespace.
+    /// Past the cardinality cap a peer is reduced to this, never to unknown.
+    pub fn verified_only(&self) -> Self {
+        let namespace = SpiffeId::parse(&self.principal).map(|id| id.namespace.to_owned()).unwrap_or_default();
+        Peer { principal: self.principal.clone(), namespace, ..Peer::default() }
+    }
+
+    /// The namespace of the verified identity, when there is one.
+    pub fn verified_namespace(&self) -> Option<&str> {
+        SpiffeId::parse(&self.principal).map(|id| id.namespace)
+    }
+
+    /// True when metadata claims a namespace other than the one the identity proves.
+    pub fn contradicts_identity(&self) -> bool {
+        self.verified_namespace().is_some_and(|proven| !self.namespace.is_empty() && self.namespace != proven)
+    }
+
+    /// Pins the namespace to the verified identity's: the certificate beats any claim.
+    pub fn pin_namespace(&mut self) {
+        if let Some(proven) = self.verified_namespace() {
+            self.namespace = proven.to_owned();
+        }
     }
 
     /// Fills the canonical service/revision and app/version from each other the

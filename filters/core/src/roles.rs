@@ -7,42 +7,25 @@
 //! - [`Stats`] on main_internal: at stream end, emits the Istio metrics with
 //!   both peers' labels.
 //!
-//! Host calls are the cost that matters, so the stats role reads each request's
-//! facts from the two header maps it reads anyway; Envoy's config puts them
-//! there natively and removes them before the request or response leaves:
-//!
-//! - the downstream peer: stock `set_filter_state` on connect_terminate stores
-//!   [`DOWNSTREAM_FORMAT`] as [`DOWNSTREAM_FILTER_STATE`], shared with
-//!   main_internal (a wasm filter cannot share filter state upstream), where a
-//!   `header_mutation` copies it into the request header [`DOWNSTREAM_HEADER`];
-//! - the tunnel that carried the response: [`UPSTREAM_CONNECTION_HEADER`];
-//! - the service the route chose: [`SERVICE_HEADER`].
-//!
-//! Only what is known at stream end (flags, duration, sizes) is read as properties.
+//! Host calls are the cost that matters: the stats role reads each request's facts
+//! from the two header maps it reads anyway ([`crate::contract`] names the channels);
+//! only what is known at stream end (flags, duration, sizes, gRPC messages) is read
+//! as properties.
 
 use crate::baggage;
 use crate::config::PluginConfig;
+use crate::contract::{
+    DOWNSTREAM_BAGGAGE, DOWNSTREAM_LEGACY, DOWNSTREAM_SAN, ENDPOINT_HEADER, GRPC_STATS_FILTER_STATE, SERVICE_HEADER,
+    UPSTREAM_CONNECTION_HEADER,
+};
+use crate::endpoint;
 use crate::host::{HeaderMap, Host, find_header, le_u64};
-use crate::labels::RoutedService;
+use crate::labels::{self, RoutedService};
 use crate::legacy;
 use crate::peer::{Decoded, Peer};
 use crate::response_flags;
 use crate::value;
 use crate::worker::{ErrorReason, Observation, TunnelState, Worker};
-
-/// Filter state key holding the downstream peer, shared once with main_internal.
-pub const DOWNSTREAM_FILTER_STATE: &str = "wp.downstream_peer";
-/// What connect_terminate's `set_filter_state` stores under that key: the TLS
-/// identity, the CONNECT legacy header and the CONNECT `baggage`, separated by
-/// one space (`omit_empty_values: true`, so absent ones are empty, not `-`).
-/// Only the last part may hold spaces: a URI and base64 cannot.
-pub const DOWNSTREAM_FORMAT: &str = "%DOWNSTREAM_PEER_URI_SAN% %REQ(x-envoy-peer-metadata)% %REQ(baggage)%";
-/// Request header carrying [`DOWNSTREAM_FILTER_STATE`] to the stats filter.
-pub const DOWNSTREAM_HEADER: &str = "x-wp-peer";
-/// Response header main_internal's tunnel routes add with `%UPSTREAM_CONNECTION_ID%`.
-pub const UPSTREAM_CONNECTION_HEADER: &str = "x-wp-upconn";
-/// Response header main_internal's routes add: the name of the cluster they route to.
-pub const SERVICE_HEADER: &str = "x-wp-service";
 
 const BAGGAGE: &str = "baggage";
 
@@ -149,6 +132,7 @@ impl Upstream {
         }
         let san = counted(host.property(&["upstream", "uri_san_peer_certificate"]), host, worker).flatten();
         peer.principal = principal(san.as_deref().unwrap_or_default(), &self.config, host, worker);
+        pin_to_identity(&mut peer, host, worker);
         let id = worker.peer_id(peer, host);
         worker.tunnels.answered(tunnel, TunnelState::Established(id));
     }
@@ -165,8 +149,11 @@ pub struct RequestState {
     grpc: bool,
     source: u32,
     response_code: u32,
-    grpc_status: Option<u32>,
-    destination: u32,
+    grpc_status: Option<i32>,
+    /// The peer the carrying tunnel learnt, 0 when none.
+    tunnel_peer: u32,
+    /// The upstream host's endpoint metadata as a peer, 0 when none.
+    endpoint_peer: u32,
     /// `None` until the response headers name it.
     service: Option<u32>,
 }
@@ -196,23 +183,34 @@ impl Stats {
                 counted(host.remove_header(HeaderMap::Request, legacy::ID_HEADER), host, worker);
             }
         }
-        let downstream = find_header(&headers, DOWNSTREAM_HEADER).unwrap_or_default();
-        state.source = self.downstream_peer(downstream, inner_legacy, host, worker);
+        let part = |header: &str| find_header(&headers, header).unwrap_or_default();
+        let downstream = DownstreamParts {
+            san: part(DOWNSTREAM_SAN.header),
+            legacy: part(DOWNSTREAM_LEGACY.header),
+            baggage: part(DOWNSTREAM_BAGGAGE.header),
+            inner_legacy: inner_legacy.unwrap_or_default(),
+        };
+        state.source = self.downstream_peer(&downstream, host, worker);
     }
 
-    /// Reads the status, the service, and binds the destination while its tunnel is surely alive.
+    /// Reads the status, the service, the endpoint, and binds the destination while its
+    /// tunnel is surely alive.
     pub fn on_response_headers(&self, host: &impl Host, worker: &mut Worker, state: &mut RequestState) {
         let Some(headers) = counted(host.headers(HeaderMap::Response), host, worker) else { return };
         state.response_code = find_header(&headers, ":status").and_then(parse_u32).unwrap_or(0);
         if state.grpc {
             // A trailers-only gRPC answer carries its status in the headers.
-            state.grpc_status = find_header(&headers, "grpc-status").and_then(parse_u32);
+            state.grpc_status = find_header(&headers, "grpc-status").map(labels::grpc_status);
         }
         if let Some(cluster) = find_header(&headers, SERVICE_HEADER) {
             state.service = Some(self.service(cluster, host, worker));
         }
+        if let Some(raw) = find_header(&headers, ENDPOINT_HEADER).filter(|raw| !raw.is_empty()) {
+            let max = self.config.limits.max_value_bytes;
+            state.endpoint_peer = worker.endpoint_peer(raw, host, |raw| endpoint::decode(raw, max).unwrap_or_default());
+        }
         let Some(x) = find_header(&headers, UPSTREAM_CONNECTION_HEADER).and_then(parse_u64) else { return };
-        state.destination = match worker.tunnels.carrier_of(x) {
+        state.tunnel_peer = match worker.tunnels.carrier_of(x) {
             Some(TunnelState::Established(peer)) => peer,
             Some(TunnelState::Pending | TunnelState::Failed) => 0,
             None => {
@@ -225,8 +223,8 @@ impl Stats {
     pub fn on_response_trailers(&self, host: &impl Host, worker: &mut Worker, state: &mut RequestState) {
         if state.grpc {
             let status = counted(host.header(HeaderMap::ResponseTrailers, "grpc-status"), host, worker).flatten();
-            if let Some(status) = status.as_deref().and_then(parse_u32) {
-                state.grpc_status = Some(status);
+            if let Some(status) = status {
+                state.grpc_status = Some(labels::grpc_status(&status));
             }
         }
     }
@@ -245,7 +243,15 @@ impl Stats {
             }
         };
         let response_flags = number(worker, &["response", "flags"]);
-        let destination = if response_flags::no_upstream_reached(response_flags) { 0 } else { state.destination };
+        // A request that reached no tunnel has only the endpoint Envoy picked for it.
+        let tunnel_peer = if response_flags::no_upstream_reached(response_flags) { 0 } else { state.tunnel_peer };
+        let destination = worker.destination(tunnel_peer, state.endpoint_peer, host);
+        let (grpc_status, messages) = if state.grpc {
+            let status = state.grpc_status.or_else(|| labels::grpc_status_from_http(state.response_code));
+            (status, read(worker, &["filter_state", GRPC_STATS_FILTER_STATE]).and_then(|b| grpc_messages(&b)))
+        } else {
+            (None, None)
+        };
         let observation = Observation {
             source: state.source,
             destination,
@@ -253,10 +259,11 @@ impl Stats {
             response_code: state.response_code,
             response_flags,
             grpc: state.grpc,
-            grpc_status: state.grpc_status,
+            grpc_status,
             duration_ms: number(worker, &["request", "duration"]) / 1_000_000,
             request_bytes: number(worker, &["request", "total_size"]),
             response_bytes: number(worker, &["response", "total_size"]),
+            messages,
         };
         if worker.record(&observation, host).is_err() {
             worker.count(ErrorReason::HostCall, host);
@@ -270,33 +277,77 @@ impl Stats {
 
     /// The downstream peer id: from the CONNECT `baggage`, else the CONNECT
     /// legacy header, else the inner request's legacy header; the principal
-    /// always from TLS. Decoded once per distinct input.
-    fn downstream_peer(&self, raw: &[u8], inner_legacy: Option<&[u8]>, host: &impl Host, worker: &mut Worker) -> u32 {
-        let key: std::borrow::Cow<'_, [u8]> = match inner_legacy {
-            None => raw.into(),
-            // A NUL cannot occur in a header value, so the two parts cannot run together.
-            Some(inner) => [raw, b"\0", inner].concat().into(),
-        };
+    /// always from TLS, and its namespace wins. Decoded once per distinct input.
+    fn downstream_peer(&self, parts: &DownstreamParts<'_>, host: &impl Host, worker: &mut Worker) -> u32 {
+        // A NUL cannot occur in a header value, so the parts cannot run together.
+        let key = [parts.san, b"\0", parts.legacy, b"\0", parts.baggage, b"\0", parts.inner_legacy].concat();
         worker.downstream_peer(&key, host, |worker| {
-            let mut parts = raw.splitn(3, |b| *b == b' ');
-            let san = parts.next().unwrap_or_default();
-            let connect_legacy = parts.next().unwrap_or_default();
-            let connect_baggage = parts.next().unwrap_or_default();
             let mut peer = Peer::default();
-            if self.config.baggage_discovery && !connect_baggage.is_empty() {
-                peer = decode_baggage(connect_baggage, &self.config, host, worker);
+            if self.config.baggage_discovery && !parts.baggage.is_empty() {
+                peer = decode_baggage(parts.baggage, &self.config, host, worker);
             }
             if self.config.legacy_discovery {
-                for candidate in [connect_legacy, inner_legacy.unwrap_or_default()] {
+                for candidate in [parts.legacy, parts.inner_legacy] {
                     if peer.is_empty() && !candidate.is_empty() {
                         peer = decode_legacy(candidate, &self.config, host, worker);
                     }
                 }
             }
-            peer.principal = principal(san, &self.config, host, worker);
+            peer.principal = principal(parts.san, &self.config, host, worker);
+            pin_to_identity(&mut peer, host, worker);
             peer
         })
     }
+}
+
+/// What connect_terminate captured about the client, each part in its own header.
+#[derive(Debug, Clone, Copy)]
+struct DownstreamParts<'h> {
+    san: &'h [u8],
+    legacy: &'h [u8],
+    baggage: &'h [u8],
+    /// A sidecar's legacy header on the inner request itself.
+    inner_legacy: &'h [u8],
+}
+
+/// The verified identity's namespace wins over what metadata claims; a claim that
+/// contradicts it is counted.
+fn pin_to_identity(peer: &mut Peer, host: &impl Host, worker: &mut Worker) {
+    if peer.contradicts_identity() {
+        worker.count(ErrorReason::IdentityMismatch, host);
+    }
+    peer.pin_namespace();
+}
+
+/// gRPC messages (request, response) from Envoy's `grpc_stats` filter state, which
+/// reaches wasm as its `FilterObject` proto: field 1 request_message_count, field 2
+/// response_message_count, both varints.
+fn grpc_messages(bytes: &[u8]) -> Option<(u64, u64)> {
+    let (mut requests, mut responses) = (0, 0);
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (tag, after_tag) = varint(rest)?;
+        let (value, after_value) = varint(after_tag)?;
+        match tag {
+            0x08 => requests = value,
+            0x10 => responses = value,
+            // Anything but the two varint fields: not the object we know.
+            _ => return None,
+        }
+        rest = after_value;
+    }
+    Some((requests, responses))
+}
+
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (index, byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            return Some((value, bytes.get(index + 1..).unwrap_or_default()));
+        }
+    }
+    None
 }
 
 fn decode_baggage(raw: &[u8], config: &PluginConfig, host: &impl Host, worker: &mut Worker) -> Peer {
@@ -328,9 +379,11 @@ fn peer_or_unknown<E>(
     }
 }
 
-/// A TLS identity as a label value; anything unexpected reads as unknown.
+/// A TLS identity as a label value: the first URI SAN (Envoy joins several with
+/// `,`, Istio takes the first); anything unexpected reads as unknown.
 fn principal(raw: &[u8], config: &PluginConfig, host: &impl Host, worker: &mut Worker) -> String {
-    value::sanitize(raw, config.limits.max_value_bytes).unwrap_or_else(|_| {
+    let first = raw.split(|b| *b == b',').next().unwrap_or_default();
+    value::sanitize(first, config.limits.max_value_bytes).unwrap_or_else(|_| {
         worker.count(ErrorReason::ValueRejected, host);
         String::new()
     })

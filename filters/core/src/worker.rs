@@ -2,12 +2,14 @@
 //! run in the same VM on a worker, so the tunnel table written by the upstream
 //! role is read by the stats role without any host call.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 
+use crate::contract::ERROR_REASON_TAG;
 use crate::host::{HostError, MetricKind, Metrics};
 use crate::labels::{
-    Labels, REQUEST_BYTES, REQUEST_DURATION, REQUESTS_TOTAL, RESPONSE_BYTES, RequestFacts, RoutedService,
+    Labels, REQUEST_BYTES, REQUEST_DURATION, REQUEST_MESSAGES, REQUESTS_TOTAL, RESPONSE_BYTES, RESPONSE_MESSAGES,
+    RequestFacts, RoutedService,
 };
 use crate::peer::Peer;
 use crate::response_flags;
@@ -30,10 +32,13 @@ pub enum ErrorReason {
     TunnelLimit,
     /// A response came through a tunnel this worker has no record of.
     TunnelUnbound,
+    /// Peer metadata claimed a namespace its verified identity contradicts; the
+    /// identity's namespace was used.
+    IdentityMismatch,
 }
 
 impl ErrorReason {
-    const ALL: [ErrorReason; 7] = [
+    const ALL: [ErrorReason; 8] = [
         Self::BaggageRejected,
         Self::ValueRejected,
         Self::LegacyRejected,
@@ -41,6 +46,7 @@ impl ErrorReason {
         Self::CardinalityLimit,
         Self::TunnelLimit,
         Self::TunnelUnbound,
+        Self::IdentityMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +58,7 @@ impl ErrorReason {
             Self::CardinalityLimit => "cardinality_limit",
             Self::TunnelLimit => "tunnel_limit",
             Self::TunnelUnbound => "tunnel_unbound",
+            Self::IdentityMismatch => "identity_mismatch",
         }
     }
 
@@ -60,13 +67,17 @@ impl ErrorReason {
     }
 }
 
+/// This module's own counter of what degraded or was refused, by reason.
+pub const ERRORS_TOTAL: &str = "waypoint_errors_total";
+
 /// The error counter's name: tags encoded like the Istio metrics.
 pub fn error_metric_name(reason: ErrorReason) -> String {
-    format!("waypoint_errors_total;reason={}", reason.as_str())
+    format!("{ERRORS_TOTAL};{ERROR_REASON_TAG}={}", reason.as_str())
 }
 
 /// Small dense ids for values seen often, so hot-path keys are integers.
-/// Id 0 is the default value (an unknown peer, an unknown service).
+/// Id 0 is the default value (an unknown service). Used for routed services,
+/// whose number is fixed by the config.
 #[derive(Debug)]
 struct Interner<T> {
     ids: HashMap<T, u32>,
@@ -100,6 +111,94 @@ impl<T: Clone + Eq + Hash + Default> Interner<T> {
     }
 }
 
+/// Peers by id. Only label fields are kept ([`Peer::label_fields`]); each verified
+/// identity may fill at most its own share of slots; ids are never reused, so an id
+/// still held by a request in flight can never come to name another peer.
+#[derive(Debug)]
+struct PeerTable {
+    ids: HashMap<Peer, u32>,
+    values: HashMap<u32, Peer>,
+    /// Live peers per principal (the empty principal: peers without a TLS identity).
+    per_identity: HashMap<String, usize>,
+    next: u32,
+    max: usize,
+    max_per_identity: usize,
+}
+
+/// Why a peer could not get a slot of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoSlot {
+    /// Its identity already describes `max_peers_per_identity` peers.
+    IdentityShare,
+    /// `max_label_sets` peers are alive.
+    Full,
+}
+
+impl PeerTable {
+    fn new(limits: &crate::Limits) -> Self {
+        let mut table = Self {
+            ids: HashMap::new(),
+            values: HashMap::new(),
+            per_identity: HashMap::new(),
+            next: 1,
+            max: limits.max_label_sets,
+            max_per_identity: limits.max_peers_per_identity,
+        };
+        table.ids.insert(Peer::default(), 0);
+        table.values.insert(0, Peer::default());
+        table
+    }
+
+    fn get(&self, id: u32) -> Option<&Peer> {
+        self.values.get(&id)
+    }
+
+    fn find(&self, peer: &Peer) -> Option<u32> {
+        self.ids.get(peer).copied()
+    }
+
+    /// A new slot for `peer`. A peer reduced to its identity ([`Peer::verified_only`])
+    /// is not charged to the identity's share: there is one such peer per identity.
+    fn insert(&mut self, peer: Peer) -> Result<u32, NoSlot> {
+        let reduced = peer == peer.verified_only();
+        let share = self.per_identity.get(&peer.principal).copied().unwrap_or(0);
+        if !reduced && share >= self.max_per_identity {
+            return Err(NoSlot::IdentityShare);
+        }
+        // Reduced peers may use a second `max` of slots: their number is bounded by the
+        // identities the mesh CA issued, and they are what keeps labels verified.
+        let room = if reduced { self.max.saturating_mul(2) } else { self.max };
+        if self.values.len() > room {
+            return Err(NoSlot::Full);
+        }
+        let id = self.next;
+        self.next = self.next.checked_add(1).ok_or(NoSlot::Full)?;
+        if !reduced {
+            *self.per_identity.entry(peer.principal.clone()).or_default() += 1;
+        }
+        self.values.insert(id, peer.clone());
+        self.ids.insert(peer, id);
+        Ok(id)
+    }
+
+    /// Frees every peer but 0 and those in `live`; returns how many were freed.
+    fn retain(&mut self, live: &HashSet<u32>) -> usize {
+        let dead: Vec<u32> = self.values.keys().copied().filter(|id| *id != 0 && !live.contains(id)).collect();
+        for id in &dead {
+            if let Some(peer) = self.values.remove(id) {
+                if peer != peer.verified_only()
+                    && let Some(share) = self.per_identity.get_mut(&peer.principal)
+                {
+                    *share = share.saturating_sub(1);
+                }
+                self.ids.remove(&peer);
+            }
+        }
+        self.per_identity.retain(|_, share| *share > 0);
+        dead.len()
+    }
+}
+
 /// What became of the CONNECT of one tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunnelState {
@@ -122,7 +221,7 @@ pub enum TunnelState {
 /// tunnel finds that tunnel, never a younger one.
 #[derive(Debug)]
 pub struct TunnelTable {
-    tunnels: BTreeMap<u64, (TunnelState, bool)>,
+    tunnels: BTreeMap<u64, TunnelState>,
     tombstones: VecDeque<u64>,
     max_tunnels: usize,
 }
@@ -143,19 +242,18 @@ impl TunnelTable {
             within_limit = false;
             self.tunnels.pop_first();
         }
-        self.tunnels.insert(connection_id, (TunnelState::Pending, false));
+        self.tunnels.insert(connection_id, TunnelState::Pending);
         within_limit
     }
 
     pub fn answered(&mut self, connection_id: u64, state: TunnelState) {
         if let Some(entry) = self.tunnels.get_mut(&connection_id) {
-            entry.0 = state;
+            *entry = state;
         }
     }
 
     pub fn close(&mut self, connection_id: u64) {
-        if let Some(entry) = self.tunnels.get_mut(&connection_id) {
-            entry.1 = true;
+        if self.tunnels.contains_key(&connection_id) {
             self.tombstones.push_back(connection_id);
         }
         while self.tombstones.len() > TOMBSTONES {
@@ -167,29 +265,42 @@ impl TunnelTable {
 
     /// The tunnel that carried a response whose upstream connection id is `x`.
     pub fn carrier_of(&self, x: u64) -> Option<TunnelState> {
-        self.tunnels.range(x.saturating_add(1)..).next().map(|(_, (state, _))| *state)
+        self.tunnels.range(x.saturating_add(1)..).next().map(|(_, state)| *state)
     }
 
-    pub fn len(&self) -> usize {
+    /// Tunnels and tombstones held.
+    pub fn entries(&self) -> usize {
         self.tunnels.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.tunnels.is_empty()
+    /// The peers the table still names.
+    fn peers(&self) -> impl Iterator<Item = u32> + '_ {
+        self.tunnels.values().filter_map(|state| match state {
+            TunnelState::Established(peer) => Some(*peer),
+            TunnelState::Pending | TunnelState::Failed => None,
+        })
     }
 }
 
-/// Caches what a raw header value resolved to. Ids are interned, hence stable,
-/// so dropping a full cache only costs parsing again.
-fn remember(cache: &mut HashMap<Vec<u8>, u32>, raw: &[u8], id: u32, max: usize) {
+/// Caches what a raw header value resolved to; a full cache is dropped, which
+/// only costs parsing again.
+fn remember<K: Eq + Hash>(cache: &mut HashMap<K, u32>, key: K, id: u32, max: usize) {
     if cache.len() >= max {
         cache.clear();
     }
-    cache.insert(raw.to_vec(), id);
+    cache.insert(key, id);
 }
 
-/// Metric ids of one label set, in the order counter, duration, request bytes, response bytes.
-type SeriesIds = [u32; 4];
+/// Metric ids of one label set: the counter and the three histograms, then, for
+/// gRPC, the two message counters.
+#[derive(Debug, Clone, Copy)]
+struct SeriesIds {
+    requests: u32,
+    duration: u32,
+    request_bytes: u32,
+    response_bytes: u32,
+    messages: Option<(u32, u32)>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct SeriesKey {
@@ -199,7 +310,7 @@ struct SeriesKey {
     response_code: u32,
     response_flags: u64,
     grpc: bool,
-    grpc_status: Option<u32>,
+    grpc_status: Option<i32>,
 }
 
 /// One finished request, as the stats role hands it over.
@@ -211,20 +322,26 @@ pub struct Observation {
     pub response_code: u32,
     pub response_flags: u64,
     pub grpc: bool,
-    pub grpc_status: Option<u32>,
+    pub grpc_status: Option<i32>,
     pub duration_ms: u64,
     pub request_bytes: u64,
     pub response_bytes: u64,
+    /// gRPC messages (request, response), when Envoy's grpc_stats counted them.
+    pub messages: Option<(u64, u64)>,
 }
 
 /// The per-worker state.
 #[derive(Debug)]
 pub struct Worker {
     pub tunnels: TunnelTable,
-    peers: Interner<Peer>,
+    peers: PeerTable,
     services: Interner<RoutedService>,
-    /// Raw downstream descriptions (the `x-wp-peer` values) already decoded.
+    /// Raw downstream descriptions (the three `x-wp-peer-*` values) already decoded.
     downstream_cache: HashMap<Vec<u8>, u32>,
+    /// Raw endpoint metadata (the `x-wp-endpoint` values) already decoded.
+    endpoint_cache: HashMap<Vec<u8>, u32>,
+    /// (tunnel peer, endpoint peer) to the destination peer they make together.
+    destination_cache: HashMap<(u32, u32), u32>,
     /// Raw cluster names (the `x-wp-service` values) already read.
     service_cache: HashMap<Vec<u8>, u32>,
     series: HashMap<SeriesKey, SeriesIds>,
@@ -236,13 +353,24 @@ impl Worker {
     pub fn new(limits: &crate::Limits) -> Self {
         Self {
             tunnels: TunnelTable::new(limits.max_tunnels),
-            peers: Interner::new(limits.max_label_sets),
+            peers: PeerTable::new(limits),
             services: Interner::new(limits.max_label_sets),
             downstream_cache: HashMap::new(),
+            endpoint_cache: HashMap::new(),
+            destination_cache: HashMap::new(),
             service_cache: HashMap::new(),
             series: HashMap::new(),
             max_series: limits.max_label_sets,
             error_ids: [None; ErrorReason::ALL.len()],
+        }
+    }
+
+    /// Exports `istio_build` once per worker (the gauge is shared, so every worker sets 1).
+    pub fn announce_build(&mut self, metrics: &impl Metrics) {
+        let set =
+            metrics.define(MetricKind::Gauge, &crate::labels::build_stat_name()).and_then(|id| metrics.record(id, 1));
+        if set.is_err() {
+            self.count(ErrorReason::HostCall, metrics);
         }
     }
 
@@ -257,12 +385,43 @@ impl Worker {
         }
     }
 
-    /// The id of a peer (0 = unknown); counts when the cardinality limit is hit.
+    /// The id of a peer (0 = unknown). Only label fields are kept. A peer that gets no
+    /// slot of its own (its identity's share or the table is full) keeps what its
+    /// certificate vouches for; both are counted.
     pub fn peer_id(&mut self, peer: Peer, metrics: &impl Metrics) -> u32 {
-        self.peers.intern(peer).unwrap_or_else(|| {
-            self.count(ErrorReason::CardinalityLimit, metrics);
-            0
-        })
+        let peer = peer.label_fields();
+        if let Some(id) = self.peers.find(&peer) {
+            return id;
+        }
+        let inserted = match self.peers.insert(peer.clone()) {
+            Err(NoSlot::Full) if self.collect_unused_peers() > 0 => self.peers.insert(peer.clone()),
+            other => other,
+        };
+        match inserted {
+            Ok(id) => id,
+            Err(_) => {
+                self.count(ErrorReason::CardinalityLimit, metrics);
+                let reduced = peer.verified_only();
+                self.peers.find(&reduced).or_else(|| self.peers.insert(reduced).ok()).unwrap_or(0)
+            }
+        }
+    }
+
+    /// Frees the peers that no series, tunnel or cache names any more, so a one-off
+    /// flood does not hold slots until restart. Runs only when the table is full.
+    fn collect_unused_peers(&mut self) -> usize {
+        let mut live: HashSet<u32> = HashSet::new();
+        for key in self.series.keys() {
+            live.insert(key.source);
+            live.insert(key.destination);
+        }
+        live.extend(self.tunnels.peers());
+        live.extend(self.downstream_cache.values().copied());
+        live.extend(self.endpoint_cache.values().copied());
+        for ((tunnel, endpoint), destination) in &self.destination_cache {
+            live.extend([*tunnel, *endpoint, *destination]);
+        }
+        self.peers.retain(&live)
     }
 
     /// The id of the service a raw cluster name names, parsed once per distinct name.
@@ -279,7 +438,7 @@ impl Worker {
             self.count(ErrorReason::CardinalityLimit, metrics);
             0
         });
-        remember(&mut self.service_cache, cluster, id, self.max_series);
+        remember(&mut self.service_cache, cluster.to_vec(), id, self.max_series);
         id
     }
 
@@ -296,12 +455,45 @@ impl Worker {
         }
         let peer = decode(self);
         let id = self.peer_id(peer, metrics);
-        remember(&mut self.downstream_cache, raw, id, self.max_series);
+        remember(&mut self.downstream_cache, raw.to_vec(), id, self.max_series);
         id
     }
 
-    /// Emits the four Istio metrics for one request. Each label set is defined
-    /// once (Envoy allocates per definition), then only incremented/recorded.
+    /// The peer id of raw endpoint metadata, decoded once per distinct value.
+    pub fn endpoint_peer(&mut self, raw: &[u8], metrics: &impl Metrics, decode: impl FnOnce(&[u8]) -> Peer) -> u32 {
+        if let Some(id) = self.endpoint_cache.get(raw) {
+            return *id;
+        }
+        let id = self.peer_id(decode(raw), metrics);
+        remember(&mut self.endpoint_cache, raw.to_vec(), id, self.max_series);
+        id
+    }
+
+    /// The destination peer from what the tunnel learnt (its CONNECT 200 `baggage` and
+    /// TLS identity) and the endpoint metadata: baggage wins; without it the endpoint
+    /// metadata fills in, under the tunnel's identity, whose namespace wins.
+    pub fn destination(&mut self, tunnel: u32, endpoint: u32, metrics: &impl Metrics) -> u32 {
+        if endpoint == 0 {
+            return tunnel;
+        }
+        if let Some(id) = self.destination_cache.get(&(tunnel, endpoint)) {
+            return *id;
+        }
+        let known = self.peers.get(tunnel).cloned().unwrap_or_default();
+        let id = if known.has_metadata() {
+            tunnel
+        } else {
+            let mut peer = self.peers.get(endpoint).cloned().unwrap_or_default();
+            peer.principal = known.principal;
+            peer.pin_namespace();
+            self.peer_id(peer, metrics)
+        };
+        remember(&mut self.destination_cache, (tunnel, endpoint), id, self.max_series);
+        id
+    }
+
+    /// Emits the Istio metrics for one request. Each label set is defined once
+    /// (Envoy allocates per definition), then only incremented/recorded.
     pub fn record(&mut self, obs: &Observation, metrics: &impl Metrics) -> Result<(), HostError> {
         let key = SeriesKey {
             source: obs.source,
@@ -315,10 +507,8 @@ impl Worker {
         let key = if self.series.contains_key(&key) || self.series.len() < self.max_series {
             key
         } else {
-            // Past the limit new peer pairs are still counted, as unknown peers:
-            // those series are bounded by services x codes x flags.
             self.count(ErrorReason::CardinalityLimit, metrics);
-            SeriesKey { source: 0, destination: 0, ..key }
+            self.reduced_key(key, metrics)
         };
         let ids = match self.series.get(&key) {
             Some(ids) => *ids,
@@ -328,11 +518,31 @@ impl Worker {
                 ids
             }
         };
-        let [requests, duration, request_bytes, response_bytes] = ids;
-        metrics.increment(requests, 1)?;
-        metrics.record(duration, obs.duration_ms)?;
-        metrics.record(request_bytes, obs.request_bytes)?;
-        metrics.record(response_bytes, obs.response_bytes)
+        metrics.increment(ids.requests, 1)?;
+        metrics.record(ids.duration, obs.duration_ms)?;
+        metrics.record(ids.request_bytes, obs.request_bytes)?;
+        metrics.record(ids.response_bytes, obs.response_bytes)?;
+        if let (Some((requests, responses)), Some((sent, received))) = (ids.messages, obs.messages) {
+            metrics.increment(requests, i64::try_from(sent).unwrap_or(i64::MAX))?;
+            metrics.increment(responses, i64::try_from(received).unwrap_or(i64::MAX))?;
+        }
+        Ok(())
+    }
+
+    /// Past the series limit a new label set keeps what certificates vouch for. Those
+    /// sets are bounded by the issued identities; past twice the limit, by services,
+    /// codes and flags alone (unknown peers).
+    fn reduced_key(&mut self, key: SeriesKey, metrics: &impl Metrics) -> SeriesKey {
+        let reduce = |worker: &mut Self, id: u32| {
+            let peer = worker.peers.get(id).map(Peer::verified_only).unwrap_or_default();
+            worker.peer_id(peer, metrics)
+        };
+        let reduced = SeriesKey { source: reduce(self, key.source), destination: reduce(self, key.destination), ..key };
+        if self.series.contains_key(&reduced) || self.series.len() < self.max_series.saturating_mul(2) {
+            reduced
+        } else {
+            SeriesKey { source: 0, destination: 0, ..key }
+        }
     }
 
     fn define_series(&self, key: &SeriesKey, metrics: &impl Metrics) -> Result<SeriesIds, HostError> {
@@ -351,12 +561,19 @@ impl Worker {
             },
         );
         let suffix = labels.stat_suffix();
-        Ok([
-            metrics.define(MetricKind::Counter, &format!("{REQUESTS_TOTAL}{suffix}"))?,
-            metrics.define(MetricKind::Histogram, &format!("{REQUEST_DURATION}{suffix}"))?,
-            metrics.define(MetricKind::Histogram, &format!("{REQUEST_BYTES}{suffix}"))?,
-            metrics.define(MetricKind::Histogram, &format!("{RESPONSE_BYTES}{suffix}"))?,
-        ])
+        let define = |kind, base: &str| metrics.define(kind, &format!("{base}{suffix}"));
+        let messages = if key.grpc {
+            Some((define(MetricKind::Counter, REQUEST_MESSAGES)?, define(MetricKind::Counter, RESPONSE_MESSAGES)?))
+        } else {
+            None
+        };
+        Ok(SeriesIds {
+            requests: define(MetricKind::Counter, REQUESTS_TOTAL)?,
+            duration: define(MetricKind::Histogram, REQUEST_DURATION)?,
+            request_bytes: define(MetricKind::Histogram, REQUEST_BYTES)?,
+            response_bytes: define(MetricKind::Histogram, RESPONSE_BYTES)?,
+            messages,
+        })
     }
 }
 
@@ -397,11 +614,11 @@ mod tests {
             tunnels.open(id);
             tunnels.close(id);
         }
-        assert!(tunnels.len() <= TOMBSTONES);
+        assert!(tunnels.entries() <= TOMBSTONES);
         let mut full = TunnelTable::new(2);
         let kept = (0..(TOMBSTONES as u64 + 10)).filter(|id| full.open(*id)).count();
         assert_eq!(kept, TOMBSTONES + 2);
-        assert_eq!(full.len(), TOMBSTONES + 2);
+        assert_eq!(full.entries(), TOMBSTONES + 2);
     }
 
     #[test]

@@ -132,32 +132,64 @@ fn waypoint_config() -> PluginConfig {
     )
 }
 
-/// What Envoy hands the stats role in `x-wp-peer` (see `DOWNSTREAM_FORMAT`).
-fn downstream(san: &str, baggage: &str, legacy: &str) -> String {
-    format!("{san} {legacy} {baggage}")
+/// What main_internal's header_mutation hands the stats role: each part of the
+/// downstream peer in its own header; Envoy adds no header for an empty part.
+fn downstream(san: &str, baggage: &str, legacy: &str) -> Vec<(&'static str, String)> {
+    [("x-wp-peer-san", san), ("x-wp-peer-legacy", legacy), ("x-wp-peer-baggage", baggage)]
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(name, value)| (name, value.to_owned()))
+        .collect()
+}
+
+fn headers<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 /// One tunnel with connection id 8 answered by `server_baggage`, then one
 /// inner request whose upstream connection was id 7, ending with `status`.
-fn one_request(config: PluginConfig, peer: String, server_baggage: &str, inner: &[(&str, &str)]) -> FakeHost {
+fn one_request(
+    config: PluginConfig,
+    peer: Vec<(&'static str, String)>,
+    server_baggage: &str,
+    inner: &[(&str, &str)],
+) -> FakeHost {
+    one_request_with(config, peer, Some(server_baggage), SERVER_SAN, inner, &[(":status", "200")], 0)
+}
+
+/// Like [`one_request`], with the tunnel's answer, the destination identity, the
+/// inner response headers (beyond x-wp-upconn and x-wp-service) and flags chosen.
+fn one_request_with(
+    config: PluginConfig,
+    peer: Vec<(&'static str, String)>,
+    server_baggage: Option<&str>,
+    server_san: &str,
+    inner: &[(&str, &str)],
+    response: &[(&str, &str)],
+    flags: u64,
+) -> FakeHost {
     let mut worker = Worker::new(&config.limits);
     let upstream = Upstream::new(config.clone());
+    let mut answer = vec![(":status", "200")];
+    answer.extend(server_baggage.map(|b| ("baggage", b)));
     let tunnel_host = FakeHost::default()
         .with(HeaderMap::Request, &[(":method", "CONNECT"), (":authority", "echo.backend.svc.cluster.local:8080")])
-        .with(HeaderMap::Response, &[(":status", "200"), ("baggage", server_baggage)])
+        .with(HeaderMap::Response, &answer)
         .num("connection.id", 8)
-        .prop("upstream.uri_san_peer_certificate", SERVER_SAN.as_bytes());
+        .prop("upstream.uri_san_peer_certificate", server_san.as_bytes());
     let tunnel = upstream.on_connect_request(&tunnel_host, &mut worker);
     assert_eq!(tunnel, Some(8));
     upstream.on_connect_response(&tunnel_host, &mut worker, 8);
 
     let stats = Stats::new(config);
     let mut request: Vec<(&str, &str)> = inner.to_vec();
-    request.push(("x-wp-peer", &peer));
+    request.extend(headers(&peer));
+    let mut response = response.to_vec();
+    response.extend([("x-wp-upconn", "7"), ("x-wp-service", CLUSTER)]);
     let host = FakeHost::default()
         .with(HeaderMap::Request, &request)
-        .with(HeaderMap::Response, &[(":status", "200"), ("x-wp-upconn", "7"), ("x-wp-service", CLUSTER)])
-        .num("response.flags", 0)
+        .with(HeaderMap::Response, &response)
+        .num("response.flags", flags)
         .num("request.duration", 3_000_000)
         .num("request.total_size", 120)
         .num("response.total_size", 340);
@@ -360,7 +392,7 @@ fn each_label_set_is_defined_once() {
     let mut worker = Worker::new(&config.limits);
     let stats = Stats::new(config);
     let host = FakeHost::default()
-        .with(HeaderMap::Request, &[("x-wp-peer", &downstream(CLIENT_SAN, CLIENT_BAGGAGE, ""))])
+        .with(HeaderMap::Request, &headers(&downstream(CLIENT_SAN, CLIENT_BAGGAGE, "")))
         .with(HeaderMap::Response, &[(":status", "200")]);
     for _ in 0..100 {
         let mut state = RequestState::default();
@@ -378,7 +410,7 @@ fn a_request_reset_before_any_answer_still_names_its_service_from_the_route() {
     let mut worker = Worker::new(&config.limits);
     let stats = Stats::new(config);
     let host = FakeHost::default()
-        .with(HeaderMap::Request, &[("x-wp-peer", &downstream(CLIENT_SAN, CLIENT_BAGGAGE, ""))])
+        .with(HeaderMap::Request, &headers(&downstream(CLIENT_SAN, CLIENT_BAGGAGE, "")))
         .prop("xds.cluster_name", CLUSTER.as_bytes());
     let mut state = RequestState::default();
     stats.on_request_headers(&host, &mut worker, &mut state);
@@ -387,4 +419,224 @@ fn a_request_reset_before_any_answer_still_names_its_service_from_the_route() {
     assert_eq!(labels["destination_service"], "echo.backend.svc.cluster.local");
     assert_eq!(labels["response_code"], "0");
     assert_eq!(labels["source_workload"], "curl");
+}
+
+fn error_count(host: &FakeHost, reason: &str) -> i128 {
+    let name = format!("waypoint_errors_total;reason={reason}");
+    let defined = host.defined.borrow();
+    let Some(id) = defined.iter().position(|(_, n)| *n == name) else { return 0 };
+    host.values.borrow().get(&(id as u32)).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+#[test]
+fn a_destination_cannot_claim_a_namespace_its_certificate_does_not_prove() {
+    let forged = SERVER_BAGGAGE.replace("k8s.namespace.name=backend", "k8s.namespace.name=kube-system");
+    let host = one_request(waypoint_config(), downstream(CLIENT_SAN, CLIENT_BAGGAGE, ""), &forged, &[]);
+    let (labels, _) = host.requests_total();
+    assert_eq!(labels["destination_workload_namespace"], "backend");
+    assert_eq!(labels["destination_principal"], SERVER_SAN);
+}
+
+#[test]
+fn a_forged_source_namespace_is_counted() {
+    let lying = CLIENT_BAGGAGE.replace("k8s.namespace.name=frontend", "k8s.namespace.name=kube-system");
+    let host = one_request(waypoint_config(), downstream(CLIENT_SAN, &lying, ""), SERVER_BAGGAGE, &[]);
+    assert_eq!(host.requests_total().0["source_workload_namespace"], "frontend");
+    assert_eq!(error_count(&host, "identity_mismatch"), 1);
+}
+
+#[test]
+fn the_first_of_several_uri_sans_is_the_principal() {
+    let two = format!("{CLIENT_SAN},spiffe://cluster.local/ns/other/sa/x");
+    let host = one_request(waypoint_config(), downstream(&two, CLIENT_BAGGAGE, ""), SERVER_BAGGAGE, &[]);
+    let (labels, _) = host.requests_total();
+    assert_eq!(labels["source_principal"], CLIENT_SAN);
+    assert_eq!(labels["connection_security_policy"], "mutual_tls");
+}
+
+#[test]
+fn a_space_in_the_legacy_header_is_never_read_as_baggage() {
+    let injected = "AAAA k8s.deployment.name=injected-via-legacy";
+    let host = one_request(waypoint_config(), downstream(CLIENT_SAN, "", injected), SERVER_BAGGAGE, &[]);
+    let (labels, _) = host.requests_total();
+    assert_eq!(labels["source_workload"], "unknown");
+    assert_eq!(labels["source_workload_namespace"], "frontend");
+}
+
+#[test]
+fn without_response_baggage_the_endpoint_metadata_names_the_destination() {
+    let host = one_request_with(
+        waypoint_config(),
+        downstream(CLIENT_SAN, CLIENT_BAGGAGE, ""),
+        None,
+        "spiffe://cluster.local/ns/backend/sa/ratings",
+        &[],
+        &[(":status", "200"), ("x-wp-endpoint", "ratings-v1;backend;ratings;v1;cluster1")],
+        0,
+    );
+    let (labels, _) = host.requests_total();
+    for (name, value) in [
+        ("destination_workload", "ratings-v1"),
+        ("destination_workload_namespace", "backend"),
+        ("destination_principal", "spiffe://cluster.local/ns/backend/sa/ratings"),
+        ("destination_canonical_service", "ratings"),
+        ("destination_canonical_revision", "v1"),
+        ("destination_cluster", "cluster1"),
+        ("destination_app", "unknown"),
+        ("destination_version", "unknown"),
+    ] {
+        assert_eq!(labels[name], value, "{name}");
+    }
+}
+
+#[test]
+fn response_baggage_wins_over_the_endpoint_metadata() {
+    let host = one_request_with(
+        waypoint_config(),
+        downstream(CLIENT_SAN, CLIENT_BAGGAGE, ""),
+        Some(SERVER_BAGGAGE),
+        SERVER_SAN,
+        &[],
+        &[(":status", "200"), ("x-wp-endpoint", "other;elsewhere;other;v9;cluster9")],
+        0,
+    );
+    let (labels, _) = host.requests_total();
+    assert_eq!(labels["destination_workload"], "echo-v2");
+    assert_eq!(labels["destination_cluster"], "cluster2");
+}
+
+#[test]
+fn a_request_that_reached_no_destination_names_its_cluster_from_the_endpoint() {
+    const UF: u64 = 1 << 5;
+    let host = one_request_with(
+        waypoint_config(),
+        downstream(CLIENT_SAN, CLIENT_BAGGAGE, ""),
+        Some(SERVER_BAGGAGE),
+        SERVER_SAN,
+        &[],
+        &[(":status", "503"), ("x-wp-endpoint", ";backend;;;cluster2")],
+        UF,
+    );
+    let (labels, _) = host.requests_total();
+    assert_eq!(labels["destination_cluster"], "cluster2");
+    assert_eq!(labels["destination_workload_namespace"], "backend");
+    assert_eq!(labels["destination_principal"], "unknown");
+    assert_eq!(labels["destination_workload"], "unknown");
+    assert_eq!(labels["response_flags"], "UF");
+}
+
+fn grpc_request(trailers: &[(&str, &str)], response: &[(&str, &str)], messages: Option<&[u8]>) -> FakeHost {
+    let config = waypoint_config();
+    let mut worker = Worker::new(&config.limits);
+    let stats = Stats::new(config);
+    let mut host = FakeHost::default()
+        .with(HeaderMap::Request, &[("content-type", "application/grpc")])
+        .with(HeaderMap::Response, response)
+        .with(HeaderMap::ResponseTrailers, trailers);
+    if let Some(messages) = messages {
+        host = host.prop("filter_state.envoy.filters.http.grpc_stats", messages);
+    }
+    let mut state = RequestState::default();
+    stats.on_request_headers(&host, &mut worker, &mut state);
+    stats.on_response_headers(&host, &mut worker, &mut state);
+    stats.on_response_trailers(&host, &mut worker, &mut state);
+    stats.on_log(&host, &mut worker, &state);
+    host
+}
+
+#[test]
+fn a_grpc_response_without_a_status_reads_as_envoy_infers_it() {
+    let host = grpc_request(&[], &[(":status", "200"), ("content-type", "application/grpc")], None);
+    assert_eq!(host.requests_total().0["grpc_response_status"], "2");
+    let unavailable = grpc_request(&[], &[(":status", "503")], None);
+    assert_eq!(unavailable.requests_total().0["grpc_response_status"], "14");
+}
+
+#[test]
+fn grpc_statuses_outside_the_seventeen_codes_read_one_value() {
+    for raw in ["17", "200", "abc", "-3"] {
+        let host = grpc_request(&[("grpc-status", raw)], &[(":status", "200")], None);
+        assert_eq!(host.requests_total().0["grpc_response_status"], "-1", "{raw}");
+    }
+}
+
+#[test]
+fn grpc_messages_are_counted_each_way() {
+    // FilterObject { request_message_count: 1, response_message_count: 3 }
+    let host = grpc_request(&[("grpc-status", "0")], &[(":status", "200")], Some(&[0x08, 0x01, 0x10, 0x03]));
+    let defined = host.defined.borrow();
+    let sum = |base: &str| {
+        let id = defined.iter().position(|(_, n)| n.split(';').next() == Some(base)).expect(base);
+        host.values.borrow().get(&(id as u32)).map(|v| v.iter().sum::<i128>()).unwrap_or(0)
+    };
+    assert_eq!(sum("istio_request_messages_total"), 1);
+    assert_eq!(sum("istio_response_messages_total"), 3);
+}
+
+/// `n` distinct peers of one identity through one worker, then a legit one of another.
+fn flood(limits: &str, n: usize, baggage: impl Fn(usize) -> String) -> FakeHost {
+    let config = config(&format!(r#"{{"limits": {limits}}}"#));
+    let mut worker = Worker::new(&config.limits);
+    let stats = Stats::new(config);
+    let host = FakeHost::default().with(HeaderMap::Response, &[(":status", "200"), ("x-wp-service", CLUSTER)]);
+    let mut serve = |san: &str, baggage: &str| {
+        host.maps.borrow_mut().insert("request", {
+            let list = downstream(san, baggage, "");
+            list.into_iter().map(|(k, v)| (k.to_owned(), v.into_bytes())).collect()
+        });
+        let mut state = RequestState::default();
+        stats.on_request_headers(&host, &mut worker, &mut state);
+        stats.on_response_headers(&host, &mut worker, &mut state);
+        stats.on_log(&host, &mut worker, &state);
+    };
+    for i in 0..n {
+        serve("spiffe://cluster.local/ns/attack/sa/flood", &baggage(i));
+    }
+    serve(CLIENT_SAN, CLIENT_BAGGAGE);
+    host
+}
+
+fn series_with(host: &FakeHost, label: &str, value: &str) -> usize {
+    host.defined
+        .borrow()
+        .iter()
+        .filter(|(k, n)| *k == MetricKind::Counter && n.starts_with("istio_requests_total;"))
+        .filter(|(_, n)| n.contains(&format!(";{label}={value};")))
+        .count()
+}
+
+#[test]
+fn a_flood_from_one_identity_fills_only_its_share_and_keeps_its_identity() {
+    let host = flood(r#"{"max_peers_per_identity": 8}"#, 1000, |i| format!("k8s.deployment.name=forged-{i}"));
+    let requests = host.defined.borrow().iter().filter(|(_, n)| n.starts_with("istio_requests_total;")).count();
+    assert!(requests <= 8 + 2, "{requests} series");
+    assert_eq!(series_with(&host, "source_workload", "curl"), 1, "legit traffic keeps its full labels");
+    assert!(series_with(&host, "source_principal", "spiffe://cluster.local/ns/attack/sa/flood") >= 8);
+    assert_eq!(
+        series_with(&host, "source_workload_namespace", "attack"),
+        series_with(&host, "source_principal", "spiffe://cluster.local/ns/attack/sa/flood"),
+        "the collapsed series keep the verified namespace"
+    );
+    assert!(error_count(&host, "cardinality_limit") > 0);
+}
+
+#[test]
+fn pods_of_one_deployment_share_one_peer() {
+    let host = flood("{}", 5000, |i| {
+        format!("k8s.deployment.name=web,service.name=web,k8s.namespace.name=attack,k8s.instance.name=web-{i}")
+    });
+    assert_eq!(series_with(&host, "source_workload", "web"), 1);
+    assert_eq!(error_count(&host, "cardinality_limit"), 0);
+}
+
+#[test]
+fn past_the_series_cap_principal_and_namespace_stay() {
+    let host = flood(r#"{"max_label_sets": 4}"#, 50, |i| format!("k8s.deployment.name=forged-{i}"));
+    let defined = host.defined.borrow();
+    let legit: Vec<_> =
+        defined.iter().filter(|(_, n)| n.contains(&format!(";source_principal={CLIENT_SAN};"))).collect();
+    assert!(!legit.is_empty());
+    for (_, name) in legit.iter().filter(|(k, _)| *k == MetricKind::Counter) {
+        assert!(name.contains(";source_workload_namespace=frontend;"), "{name}");
+    }
 }

@@ -33,6 +33,7 @@ pub enum Map {
 #[repr(u32)]
 pub enum Metric {
     Counter = 0,
+    Gauge = 1,
     Histogram = 2,
 }
 

@@ -45,6 +45,7 @@ impl Metrics for Envoy {
     fn define(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
         let kind = match kind {
             MetricKind::Counter => Metric::Counter,
+            MetricKind::Gauge => Metric::Gauge,
             MetricKind::Histogram => Metric::Histogram,
         };
         abi::define_metric(kind, name).map_err(failed("proxy_define_metric"))

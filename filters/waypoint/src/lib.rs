@@ -74,8 +74,12 @@ impl RootContext for Root {
             }
         };
         WORKER.with(|cell| {
-            if let Ok(mut slot) = cell.try_borrow_mut() {
-                slot.get_or_insert_with(|| Worker::new(&config.limits));
+            if let Ok(mut slot) = cell.try_borrow_mut()
+                && slot.is_none()
+            {
+                let mut worker = Worker::new(&config.limits);
+                worker.announce_build(&Envoy);
+                *slot = Some(worker);
             }
         });
         self.role = match root_id.as_str() {

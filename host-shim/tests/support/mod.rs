@@ -325,3 +325,291 @@ pub async fn eventually_lines(path: &std::path::Path, lines: usize) -> String {
     }
     panic!("{} never had {lines} lines:\n{}", path.display(), std::fs::read_to_string(path).unwrap_or_default());
 }
+
+/// The CONNECT a real ztunnel 1.29 sends (PROTOCOL.md §6), as literal headers.
+pub fn ztunnel_connect(authority: &str, baggage: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method("CONNECT")
+        .uri(authority)
+        .header("baggage", baggage)
+        .header("forwarded", r#"for="127.0.0.1:40000""#)
+        .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
+        .body(())
+        .unwrap()
+}
+
+/// A client TLS config presenting `identity` from `certs` that accepts `expected` as the server.
+pub fn client_tls(certs: &CertDir, identity: &str, expected: &str) -> Arc<rustls::ClientConfig> {
+    let credentials = Credentials::load(certs, TRUST_DOMAIN, [identity]).unwrap();
+    credentials.client_config(identity, &[expected.to_owned()]).unwrap()
+}
+
+/// An HBONE client written directly against `h2` (none of the shim's HTTP/2 code):
+/// mTLS with `config`, then a plain h2 handshake. The connection task is returned so
+/// a test can see when the server closes it.
+pub async fn raw_h2_client(
+    config: Arc<rustls::ClientConfig>,
+    server: SocketAddr,
+) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+    let tcp = TcpStream::connect(server).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(server.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let (sender, connection) = h2::client::handshake(tls).await.unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+/// An HBONE destination written directly against `h2`: serves `identity` (from
+/// `certs`) on `address` and hands every CONNECT to `handle`.
+pub async fn raw_h2_server<F, Fut>(certs: &CertDir, identity: &str, address: SocketAddr, handle: F)
+where
+    F: Fn(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let credentials = Credentials::load(certs, TRUST_DOMAIN, [identity]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(credentials.server_config(identity).unwrap());
+    let listener = TcpListener::bind(address).await.unwrap();
+    let handle = Arc::new(handle);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, handle) = (acceptor.clone(), handle.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut connection) = h2::server::handshake(tls).await else { return };
+                while let Some(Ok((request, respond))) = connection.accept().await {
+                    tokio::spawn(handle(request, respond));
+                }
+            });
+        }
+    });
+}
+
+/// Reads one DATA chunk (releasing its flow-control capacity); `None` at end of stream.
+pub async fn read_chunk(body: &mut h2::RecvStream) -> Option<Bytes> {
+    let chunk = body.data().await?.unwrap();
+    let _ = body.flow_control().release_capacity(chunk.len());
+    Some(chunk)
+}
+
+/// Reads DATA until end of stream.
+pub async fn read_to_end(body: &mut h2::RecvStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    while let Some(chunk) = read_chunk(body).await {
+        all.extend_from_slice(&chunk);
+    }
+    all
+}
+
+/// Everything the shims of this test process logged (install with [`capture_logs`]).
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends the process's `tracing` output (info and up) to a buffer tests can read.
+pub fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing_subscriber::fmt().with_writer(|| Capture).with_ansi(false).with_max_level(tracing::Level::INFO).init();
+    });
+}
+
+/// The captured log lines that contain every one of `parts`, waiting a little for them.
+pub async fn log_lines(parts: &[&str]) -> Vec<String> {
+    for _ in 0..100 {
+        let text = String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned();
+        let lines: Vec<String> =
+            text.lines().filter(|l| parts.iter().all(|p| l.contains(p))).map(str::to_owned).collect();
+        if !lines.is_empty() {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Vec::new()
+}
+
+pub const RATINGS_HOST: &str = "ratings.bookinfo.svc.cluster.local";
+
+/// curl (node-a) → ratings service → ratings-v1 (node-b, app on :8080), either shim
+/// started on demand, so a test can put its own peer on the other end.
+pub struct Bookinfo {
+    pub net: Net,
+    pub dir: tempfile::TempDir,
+    pub certs: CertDir,
+    pub mesh: Mesh,
+    /// Where the curl app connects to reach the ratings service.
+    pub outbound: SocketAddr,
+}
+
+impl Bookinfo {
+    pub fn new() -> Self {
+        let net = Net::new();
+        let outbound = net.addr(1, 15001);
+        let mesh = mesh(
+            vec![
+                workload(
+                    "curl",
+                    "default",
+                    "node-a",
+                    "net",
+                    net.ip(1),
+                    json!({ "outbound": [{ "listen": outbound.to_string(), "destination": format!("{RATINGS_HOST}:9080") }] }),
+                ),
+                workload("ratings-v1", "bookinfo", "node-b", "net", net.ip(2), json!({})),
+            ],
+            vec![json!({
+                "hostname": RATINGS_HOST, "name": "ratings", "namespace": "bookinfo",
+                "port": 9080, "target_port": 8080, "endpoints": ["ratings-v1"],
+            })],
+            json!({}),
+        );
+        let (dir, certs) = certs(&[identity("default", "curl"), identity("bookinfo", "ratings-v1")]);
+        Self { net, dir, certs, mesh, outbound }
+    }
+
+    pub async fn client(&self, tuning: Tuning) -> Shim {
+        start_shim(&self.mesh, "node-a", &self.certs, tuning).await
+    }
+
+    pub async fn server(&self, tuning: Tuning) -> Shim {
+        start_shim(&self.mesh, "node-b", &self.certs, tuning).await
+    }
+
+    /// The ratings app's address (its pod IP, port 8080).
+    pub fn app(&self) -> SocketAddr {
+        self.net.addr(2, 8080)
+    }
+
+    /// The ratings pod's HBONE address.
+    pub fn server_hbone(&self) -> SocketAddr {
+        self.net.addr(2, 15008)
+    }
+
+    /// TLS as curl toward ratings-v1, for raw clients.
+    pub fn curl_tls(&self) -> Arc<rustls::ClientConfig> {
+        client_tls(&self.certs, &identity("default", "curl"), &identity("bookinfo", "ratings-v1"))
+    }
+}
+
+/// What a real ztunnel 1.29 sends for curl (PROTOCOL.md §6 shape, this test's names).
+pub const CURL_BAGGAGE: &str =
+    "k8s.cluster.name=c1,k8s.namespace.name=default,k8s.deployment.name=curl,service.name=curl,service.version=v1";
+
+/// What a real destination ztunnel 1.29 answers for ratings-v1.
+pub const RATINGS_BAGGAGE: &str = "k8s.cluster.name=c1,k8s.namespace.name=bookinfo,k8s.deployment.name=ratings-v1,\
+                                   service.name=ratings,service.version=v1,cloud.region=r1,cloud.availability_zone=z1";
+
+/// Test-only: a client that skips server verification (to reach the server's checks).
+#[derive(Debug)]
+pub struct TrustAnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for TrustAnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        host_shim::tls::provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A mesh CA built by the test itself (not `host-shim ca`), so it can issue what the
+/// product's CA never does: leaves with several URI SANs.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut root = rcgen::CertificateParams::default();
+        root.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        root.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("root.pem"), root.self_signed(&key).unwrap().pem()).unwrap();
+        Self { issuer: rcgen::Issuer::new(root, key), dir }
+    }
+
+    pub fn certs(&self) -> CertDir {
+        CertDir(self.dir.path().to_owned())
+    }
+
+    /// A leaf with these URI SANs, in this order: (chain, key).
+    pub fn leaf(
+        &self,
+        sans: &[&str],
+    ) -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf = rcgen::CertificateParams::default();
+        leaf.distinguished_name = rcgen::DistinguishedName::new();
+        leaf.subject_alt_names = sans.iter().map(|s| rcgen::SanType::URI((*s).try_into().unwrap())).collect();
+        leaf.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = leaf.signed_by(&key, &self.issuer).unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        (vec![cert.der().clone()], der)
+    }
+
+    /// Writes a single-SAN leaf for `identity` where the shim looks for it.
+    pub fn write_identity(&self, identity: &str) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf = rcgen::CertificateParams::default();
+        leaf.distinguished_name = rcgen::DistinguishedName::new();
+        leaf.subject_alt_names = vec![rcgen::SanType::URI(identity.try_into().unwrap())];
+        leaf.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = leaf.signed_by(&key, &self.issuer).unwrap();
+        let certs = self.certs();
+        std::fs::write(certs.cert(identity).unwrap(), cert.pem()).unwrap();
+        std::fs::write(certs.key(identity).unwrap(), key.serialize_pem()).unwrap();
+    }
+
+    /// A client config presenting a leaf with these SANs, trusting any server.
+    pub fn client_with_sans(&self, sans: &[&str]) -> Arc<rustls::ClientConfig> {
+        let (chain, key) = self.leaf(sans);
+        let mut config = rustls::ClientConfig::builder_with_provider(host_shim::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(TrustAnyServer))
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(config)
+    }
+}

@@ -3,9 +3,11 @@
 //! One [`Waypoint`] is one Envoy worker: one VM (`vm_id` "waypoint") holding the three roots.
 //! - [`Waypoint::client_connect`] / [`Waypoint::answer_client`] / [`Waypoint::close_client`]:
 //!   connect_terminate's HBONE CONNECT from the client's ztunnel (`downstream` root). Envoy's
-//!   stock `set_filter_state` filter runs first and captures the downstream peer, exactly as
-//!   `%DOWNSTREAM_PEER_URI_SAN% %REQ(x-envoy-peer-metadata)% %REQ(baggage)%`, which main_internal's
-//!   header_mutation hands our filter as the request header `x-wp-peer`.
+//!   stock `set_filter_state` filter runs first and captures the downstream peer in three
+//!   objects (`%DOWNSTREAM_PEER_URI_SAN%`, `%REQ(x-envoy-peer-metadata)%`, `%REQ(baggage)%`),
+//!   which main_internal's header_mutation hands our filter as the request headers
+//!   `x-wp-peer-san`, `x-wp-peer-legacy` and `x-wp-peer-baggage` (none for an empty part).
+//!   The harness writes a downstream peer as `"<san> <legacy> <baggage>"`.
 //! - [`Waypoint::open_tunnel`] / [`Waypoint::answer_tunnel`] / [`Waypoint::close_tunnel`]: the
 //!   tunnel cluster's CONNECT to the destination ztunnel (`upstream` root); property
 //!   `connection.id` is the connect_originate connection, the stream gets `on_done`, never `on_log`.
@@ -319,13 +321,20 @@ impl Waypoint {
         let vm = &mut self.vm;
         let id = vm.create_http_context(self.stats)?;
         let mut entries = 1;
-        // Envoy's header_mutation copies the filter state into x-wp-peer before our filter
+        let mut response = r.response;
+        // Envoy's header_mutation copies the filter state into x-wp-peer-* before our filter
         // runs; the route adds x-wp-service to the response; xds.cluster_name is there too.
         let mut request = r.request;
         if let Some(filter_state) = &r.filter_state {
-            request.add("x-wp-peer", filter_state.clone());
+            for (header, part) in ["x-wp-peer-san", "x-wp-peer-legacy", "x-wp-peer-baggage"].iter().zip(filter_state) {
+                if !part.is_empty() {
+                    request.add(header, part.clone());
+                }
+            }
         }
-        let mut response = r.response;
+        if let Some(endpoint) = &r.endpoint {
+            response.add("x-wp-endpoint", endpoint.clone());
+        }
         if let Some(cluster) = &r.cluster {
             response.add("x-wp-service", cluster.clone());
             vm.set_context_property(id, &["xds", "cluster_name"], cluster.clone())?;
@@ -358,6 +367,9 @@ impl Waypoint {
         ];
         for (path, value) in log {
             vm.set_context_property(id, &path, value.to_le_bytes().to_vec())?;
+        }
+        if let Some(messages) = &r.grpc_messages {
+            vm.set_context_property(id, &["filter_state", "envoy.filters.http.grpc_stats"], messages.clone())?;
         }
         let state = vm.finish(id)?;
         entries += 3;
@@ -457,8 +469,8 @@ impl Waypoint {
     }
 }
 
-/// What `set_filter_state` stores on connect_terminate (absent parts empty):
-/// `DOWNSTREAM_FORMAT`, identity, legacy header and baggage separated by spaces.
+/// What `set_filter_state` stores on connect_terminate, in the harness's notation:
+/// identity, legacy header and baggage separated by spaces (absent parts empty).
 pub fn downstream_filter_state(san: &str, connect: &HeaderMap) -> Vec<u8> {
     let mut value = san.as_bytes().to_vec();
     value.push(b' ');
@@ -522,8 +534,13 @@ pub struct InnerRequest {
     pub response: HeaderMap,
     pub response_body: Option<Vec<u8>>,
     pub trailers: Option<HeaderMap>,
-    pub filter_state: Option<Vec<u8>>,
+    /// The downstream peer's three parts (identity, legacy header, baggage).
+    pub filter_state: Option<[Vec<u8>; 3]>,
     pub cluster: Option<Vec<u8>>,
+    /// `x-wp-endpoint`: the upstream host's Istio endpoint metadata.
+    pub endpoint: Option<Vec<u8>>,
+    /// Envoy's grpc_stats filter state, as the FilterObject proto bytes.
+    pub grpc_messages: Option<Vec<u8>>,
     pub response_flags: u64,
     pub duration_ns: u64,
     pub request_bytes: u64,
@@ -547,6 +564,8 @@ impl InnerRequest {
             trailers: None,
             filter_state: None,
             cluster: Some(ECHO_CLUSTER.as_bytes().to_vec()),
+            endpoint: None,
+            grpc_messages: None,
             response_flags: 0,
             duration_ns: 3_400_000,
             request_bytes: 120,
@@ -564,12 +583,34 @@ impl InnerRequest {
         r.response = HeaderMap::from_pairs([(":status", "200"), ("content-type", "application/grpc")]);
         r.response_body = Some(b"\0\0\0\0\x05world".to_vec());
         r.trailers = Some(HeaderMap::from_pairs([("grpc-status", grpc_status)]));
-        r
+        // Envoy's grpc_stats filter counted one message each way.
+        r.grpc_messages(1, 1)
     }
 
-    /// The downstream peer Envoy's `set_filter_state` stored on the CONNECT.
-    pub fn downstream_peer(mut self, filter_state: &[u8]) -> Self {
-        self.filter_state = Some(filter_state.to_vec());
+    /// The downstream peer Envoy's `set_filter_state` stored on the CONNECT, in the
+    /// harness's `"<san> <legacy> <baggage>"` notation (a SAN and base64 hold no space).
+    pub fn downstream_peer(self, filter_state: &[u8]) -> Self {
+        let mut parts = filter_state.splitn(3, |b| *b == b' ');
+        let mut next = || parts.next().unwrap_or_default().to_vec();
+        let (san, legacy, baggage) = (next(), next(), next());
+        self.downstream_parts(&san, &legacy, &baggage)
+    }
+
+    /// The downstream peer's three parts as Envoy captured them, each possibly hostile.
+    pub fn downstream_parts(mut self, san: &[u8], legacy: &[u8], baggage: &[u8]) -> Self {
+        self.filter_state = Some([san.to_vec(), legacy.to_vec(), baggage.to_vec()]);
+        self
+    }
+
+    /// The route reported the upstream host's endpoint metadata.
+    pub fn endpoint(mut self, metadata: &str) -> Self {
+        self.endpoint = Some(metadata.as_bytes().to_vec());
+        self
+    }
+
+    /// Envoy's grpc_stats counted `requests` and `responses` messages (FilterObject proto).
+    pub fn grpc_messages(mut self, requests: u8, responses: u8) -> Self {
+        self.grpc_messages = Some(vec![0x08, requests, 0x10, responses]);
         self
     }
 

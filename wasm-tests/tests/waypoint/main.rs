@@ -14,6 +14,7 @@
 //! - `peers`: every baggage form, the legacy header, the switch, hostile input, gRPC.
 //! - `tunnels`: which tunnel's peer a response is labelled with.
 //! - `robustness`: failing host calls, bad configuration, cardinality.
+//! - `hostile`: what an attacker tried: forged namespaces, floods, bleeding channels.
 //! - `cost`: host calls and VM entries per request and per CONNECT (a budget, not a timing).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -21,6 +22,7 @@
 mod harness;
 
 mod cost;
+mod hostile;
 mod peers;
 mod robustness;
 mod story;

@@ -17,10 +17,11 @@ const SOURCE_FROM_TLS_ONLY: [(&str, &str); 8] = [
     ("source_cluster", "unknown"),
 ];
 
-/// Labels of the destination side when only the TLS identity of `echo` is known.
+/// Labels of the destination side when only the TLS identity of `echo` is known: its
+/// namespace is the one the identity proves.
 const DESTINATION_FROM_TLS_ONLY: [(&str, &str); 8] = [
     ("destination_workload", "unknown"),
-    ("destination_workload_namespace", "unknown"),
+    ("destination_workload_namespace", "backend"),
     ("destination_principal", ECHO_SAN),
     ("destination_app", "unknown"),
     ("destination_version", "unknown"),
@@ -65,7 +66,8 @@ fn an_envoy_based_peer_is_read_with_its_distinct_app_keys_and_instance_name() {
                    k8s.namespace.name=default,k8s.cluster.name=server-cluster,k8s.instance.name=ratings-v1-84975bc778-pxz2w";
     let mut connect = wp.client_connect(gateway_san, ztunnel_connect(Some(gateway.as_bytes())));
     wp.answer_client(&mut connect, "200");
-    let tunnel = wp.established_tunnel(8, ratings, ECHO_SAN);
+    let ratings_san = "spiffe://cluster.local/ns/default/sa/ratings";
+    let tunnel = wp.established_tunnel(8, ratings, ratings_san);
     wp.serve(InnerRequest::get("/ratings/1").downstream_peer(&connect.filter_state).via(tunnel.upconn()));
 
     let series = wp.only_request_series();
@@ -81,7 +83,7 @@ fn an_envoy_based_peer_is_read_with_its_distinct_app_keys_and_instance_name() {
         ("source_cluster", "cluster1"),
         ("destination_workload", "ratings-v1"),
         ("destination_workload_namespace", "default"),
-        ("destination_principal", ECHO_SAN),
+        ("destination_principal", "spiffe://cluster.local/ns/default/sa/ratings"),
         ("destination_app", "ratings"),
         ("destination_version", "v1"),
         ("destination_canonical_service", "ratings"),

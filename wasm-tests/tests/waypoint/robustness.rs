@@ -146,7 +146,8 @@ fn a_failing_host_call_in_the_stats_role_degrades_is_counted_and_the_vm_survives
         case(
             "get_header_map_value (grpc-status trailer)",
             header_call("proxy_get_header_map_value").key("grpc-status"),
-            Some(("grpc_response_status", "")),
+            // No status seen: read as Envoy infers it from the HTTP 200 (UNKNOWN).
+            Some(("grpc_response_status", "2")),
         ),
         case("get_property response.flags", property(&["response", "flags"]), Some(("response_flags", "-"))),
         case("get_property request.duration", property(&["request", "duration"]), Some(("source_workload", "curl"))),
@@ -239,7 +240,7 @@ fn thousands_of_requests_from_the_same_peers_define_each_metric_once() {
         assert_eq!(wp.defines(base), 4, "{base}");
         assert_eq!(series.iter().map(|s| wp.histogram(base, s).len()).sum::<usize>(), REQUESTS);
     }
-    assert_eq!(wp.defines(""), 16, "nothing else defined");
+    assert_eq!(wp.defines(""), 17, "nothing else defined but istio_build");
     wp.assert_healthy();
 }
 

@@ -38,7 +38,7 @@ fn step_1_the_connect_baggage_of_a_ztunnel_1_29_client_is_stored_in_filter_state
     // Storing is Envoy's job (a wasm filter cannot share filter state with main_internal)...
     let sets: Vec<_> = wp.vm.effects().iter().filter(|e| matches!(e, Effect::PropertySet { .. })).collect();
     assert!(sets.is_empty(), "the module must not write filter state itself: {sets:?}");
-    // ...and main_internal's stats filter gets it with the request headers (x-wp-peer, put
+    // ...and main_internal's stats filter gets it with the request headers (x-wp-peer-*, put
     // there by Envoy's header_mutation): no property read for it. The four reads left are
     // the facts known only at stream end: flags, duration and both sizes.
     assert_eq!(served.trace.state.hostcalls.get("proxy_get_property").copied().unwrap_or(0), 4);
