@@ -9,7 +9,7 @@ ENVOY_BIN := $(CURDIR)/.venv/lib/python3.11/site-packages/envoy/_bin/envoy
 WAYPOINT_WASM := $(CURDIR)/dist/waypoint.wasm
 export ENVOY_BIN WAYPOINT_WASM
 
-.PHONY: help setup build demo test test-native test-wasm-engine lint bench fuzz soak testbed testbed-down testbed-test clean
+.PHONY: help setup build demo test test-native test-wasm-engine lint bench fuzz soak flood testbed testbed-down testbed-test clean
 
 help:
 	@echo "make demo    - the two-network mesh on loopback: traffic, then the two-sided metrics"
@@ -17,7 +17,8 @@ help:
 	@echo "make build   - dist/waypoint.wasm and dist/host-shim"
 	@echo "make bench   - side-by-side benchmarks"
 	@echo "make fuzz    - libFuzzer on every decoder (FUZZ_SECONDS each)"
-	@echo "make soak    - the mesh under connection churn for SOAK_SECONDS"
+	@echo "make soak    - the mesh under connection churn and hostile traffic for SOAK_SECONDS"
+	@echo "make flood   - 20,000 forged peers and 20,000 churning pods through the real waypoint"
 	@echo "make testbed - the two-cluster Docker testbed (make testbed-test, make testbed-down)"
 
 setup:
@@ -69,11 +70,19 @@ fuzz: setup
 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -s none -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | grep -E '^(Done|==|SUMMARY)' || exit 1; \
 	done
 
-# The mesh under steady connection churn for SOAK_SECONDS: no failure, exact counts,
-# no degradation, memory and tunnels settle.
+# The mesh under steady connection churn for SOAK_SECONDS, with forged peers, slow
+# connections and distinct grpc-status mixed in: no legit failure, exact counts, legit
+# labels kept, slow connections closed, memory and tunnels settle.
 SOAK_SECONDS ?= 120
 soak: build
 	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) run --release -q -p harness --bin soak
+
+# The cardinality proof on real Envoy: FLOOD_PODS pods of one deployment, then FLOOD_PEERS
+# distinct forged peers; series and the waypoint's RSS stay bounded, legit labels kept.
+FLOOD_PEERS ?= 20000
+FLOOD_PODS ?= 20000
+flood: build
+	FLOOD_PEERS=$(FLOOD_PEERS) FLOOD_PODS=$(FLOOD_PODS) $(CARGO) run --release -q -p harness --bin flood
 
 # The Docker testbed (testbed/README.md): images built locally (no registry), then up.
 testbed: build

@@ -1,5 +1,7 @@
 //! The mesh's applications: an echo server per server endpoint, which says who
-//! it is and what it received, and keeps what the tests check.
+//! it is and what it received, and keeps what the tests check. It speaks HTTP/1.1
+//! and HTTP/2 cleartext (prior knowledge) on the same port, as a real app may, and
+//! records which one each request arrived in.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -22,6 +24,8 @@ use crate::HarnessError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
     pub path: String,
+    /// The HTTP version the request reached the app in.
+    pub version: Version,
     /// The `baggage` header the app received, if any.
     pub baggage: Option<String>,
     /// Whether any peer-metadata header (ztunnel's or a sidecar's) leaked to the app.
@@ -68,7 +72,7 @@ pub async fn serve(listener: TcpListener, workload: String, seen: Arc<Mutex<Vec<
                 let answer = answer(&workload, &request, &seen);
                 async move { Ok::<_, Infallible>(answer) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
@@ -77,6 +81,7 @@ fn answer(workload: &str, request: &Request<Incoming>, seen: &Mutex<Vec<Seen>>) 
     let header = |name: &str| request.headers().get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let record = Seen {
         path: request.uri().path().to_owned(),
+        version: request.version(),
         baggage: header("baggage"),
         // The sidecar headers, and the waypoint's internal x-wp-* headers.
         peer_metadata_leaked: request.headers().keys().any(|name| {
@@ -89,7 +94,8 @@ fn answer(workload: &str, request: &Request<Incoming>, seen: &Mutex<Vec<Seen>>) 
             .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
             .collect(),
     };
-    let body = json!({ "workload": workload, "path": record.path, "baggage": record.baggage });
+    let version = format!("{:?}", record.version);
+    let body = json!({ "workload": workload, "path": record.path, "baggage": record.baggage, "version": version });
     if let Ok(mut seen) = seen.lock() {
         seen.push(record);
     }

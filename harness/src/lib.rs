@@ -3,10 +3,14 @@
 //!
 //! - [`topology`]: the address plan, the mesh file, and every process;
 //! - [`process`]: child processes that never outlive the harness;
-//! - [`apps`]: the echo servers behind the service;
+//! - [`apps`]: the echo servers behind the service (HTTP/1.1 and h2c);
+//! - [`grpc`]: a tonic server and client (the gRPC services); [`curl`]: `/usr/bin/curl` as a client app;
 //! - [`http`]: a small HTTP/1.1 client; [`prom`]: reads Prometheus text.
 
 pub mod apps;
+pub mod curl;
+pub mod grpc;
+pub mod hostile;
 pub mod http;
 pub mod process;
 pub mod prom;

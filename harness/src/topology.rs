@@ -9,12 +9,19 @@
 //!
 //! Ports, addresses and paths are chosen here, in one place; the mesh file is
 //! written from them and every Envoy config is rendered from the mesh file.
+//!
+//! [`Options`] can put independent peers (`hbone-peers`, no product code) in the place
+//! of ztunnel-b (node-b: echo-v1, echo-v2) and of ztunnel-a's inbound for ratings-v1,
+//! and add the gRPC services (`grpc-echo` in network-b, `grpc-ratings` in network-a)
+//! with a tonic server on every one of those pods.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use hbone_peers::{DestinationConfig, HboneDestination, TlsFiles};
 use host_shim::ca::{self, CertDir};
 use host_shim::config::Mesh;
 use host_shim::eastwest::{self, EastWest};
@@ -23,6 +30,7 @@ use serde_json::json;
 
 use crate::HarnessError;
 use crate::apps::EchoServer;
+use crate::grpc::GrpcServer;
 use crate::http;
 use crate::process::Process;
 
@@ -31,11 +39,19 @@ pub const SERVICE_HOST: &str = "echo.backend.svc.cluster.local";
 /// A service in the waypoint's own network: reached without the gateway.
 pub const LOCAL_SERVICE_HOST: &str = "ratings.backend.svc.cluster.local";
 pub const SERVICE_PORT: u16 = 8080;
-const HBONE_PORT: u16 = 15008;
+/// The gRPC service in network-b (echo-v1, echo-v2), with [`Options::grpc`].
+pub const GRPC_SERVICE_HOST: &str = "grpc-echo.backend.svc.cluster.local";
+/// The gRPC service in network-a (ratings-v1), with [`Options::grpc`].
+pub const GRPC_LOCAL_SERVICE_HOST: &str = "grpc-ratings.backend.svc.cluster.local";
+/// Service and target port of both gRPC services: the tonic servers listen on it.
+pub const GRPC_PORT: u16 = 50051;
+pub const HBONE_PORT: u16 = 15008;
 const ENVOY_ADMIN_PORT: u16 = 15000;
 const SHIM_ADMIN_PORT: u16 = 15020;
 const OUTBOUND_PORT: u16 = 18080;
 const LOCAL_OUTBOUND_PORT: u16 = 18081;
+const GRPC_OUTBOUND_PORT: u16 = 18082;
+const GRPC_LOCAL_OUTBOUND_PORT: u16 = 18083;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the programs are: `make build` puts them in dist/, the venv holds Envoy.
@@ -117,6 +133,22 @@ impl Plan {
     pub fn local_outbound(&self, client: IpAddr) -> SocketAddr {
         SocketAddr::new(client, LOCAL_OUTBOUND_PORT)
     }
+    /// The client apps' entry to the gRPC service in network-b (h2c), with [`Options::grpc`].
+    pub fn grpc_outbound(&self, client: IpAddr) -> SocketAddr {
+        SocketAddr::new(client, GRPC_OUTBOUND_PORT)
+    }
+    /// The client apps' entry to the same-network gRPC service (h2c), with [`Options::grpc`].
+    pub fn grpc_local_outbound(&self, client: IpAddr) -> SocketAddr {
+        SocketAddr::new(client, GRPC_LOCAL_OUTBOUND_PORT)
+    }
+    /// The HBONE port of a pod address (its ztunnel's inbound, or an independent destination).
+    pub fn hbone(&self, pod: IpAddr) -> SocketAddr {
+        SocketAddr::new(pod, HBONE_PORT)
+    }
+    /// The waypoint's HBONE listener (connect_terminate).
+    pub fn waypoint_hbone(&self) -> SocketAddr {
+        self.hbone(self.waypoint())
+    }
     pub fn waypoint_admin(&self) -> SocketAddr {
         SocketAddr::new(self.waypoint(), ENVOY_ADMIN_PORT)
     }
@@ -137,13 +169,66 @@ pub struct Options {
     /// Another module in the filters' places (the benchmark's do-nothing floor); `None`:
     /// the waypoint module.
     pub module: Option<PathBuf>,
+    /// Who answers HBONE for node-b's pods (echo-v1, echo-v2).
+    pub node_b: PodHbone,
+    /// Who answers HBONE for ratings-v1 (node-a); curl and productpage stay on ztunnel-a.
+    pub ratings: PodHbone,
+    /// The gRPC services and a tonic server on every echo and ratings pod.
+    pub grpc: bool,
+    /// The waypoint plugin's limits (e.g. a low `max_label_sets` for the cardinality tests).
+    pub limits: waypoint_core::Limits,
+    /// The waypoint's edge-proxy timeouts and connection limit.
+    pub edge: waypoint::Edge,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { baggage_discovery: true, telemetry: true, module: None }
+        Self {
+            baggage_discovery: true,
+            telemetry: true,
+            module: None,
+            node_b: PodHbone::Ztunnel,
+            ratings: PodHbone::Ztunnel,
+            grpc: false,
+            limits: waypoint_core::Limits::default(),
+            edge: waypoint::Edge::default(),
+        }
     }
 }
+
+/// Who terminates HBONE on a pod's :15008.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PodHbone {
+    /// host-shim, this project's ztunnel stand-in (today's behaviour).
+    #[default]
+    Ztunnel,
+    /// An `hbone-peers` destination per pod, answering 200 with the literal `baggage`
+    /// listed for its workload name, or with no `baggage` for a pod not listed.
+    Independent(Vec<(String, String)>),
+}
+
+impl PodHbone {
+    /// Independent destinations that send no response baggage at all.
+    pub fn independent_without_baggage() -> Self {
+        Self::Independent(Vec::new())
+    }
+
+    /// Independent destinations with these `(workload, literal baggage)` answers.
+    pub fn independent(baggage: &[(&str, &str)]) -> Self {
+        Self::Independent(baggage.iter().map(|(w, b)| ((*w).to_owned(), (*b).to_owned())).collect())
+    }
+
+    fn baggage_of(&self, workload: &str) -> Option<&str> {
+        match self {
+            Self::Ztunnel => None,
+            Self::Independent(list) => list.iter().find(|(w, _)| w == workload).map(|(_, b)| b.as_str()),
+        }
+    }
+}
+
+/// The node ratings-v1 is on when an independent destination serves it: a node no
+/// ztunnel serves, so ztunnel-a does not bind its :15008.
+const INDEPENDENT_NODE: &str = "node-independent";
 
 pub struct Topology {
     pub plan: Plan,
@@ -152,6 +237,10 @@ pub struct Topology {
     pub echo: Vec<EchoServer>,
     /// The one endpoint of the ratings service, in network-a with the waypoint.
     pub ratings: EchoServer,
+    /// With [`Options::grpc`]: the tonic server of echo-v1, echo-v2 and ratings-v1.
+    pub grpc: Vec<GrpcServer>,
+    /// The independent HBONE destinations, by workload name.
+    pub destinations: BTreeMap<String, HboneDestination>,
     binaries: Binaries,
     mesh_file: PathBuf,
     certs: PathBuf,
@@ -180,7 +269,7 @@ pub fn identity(namespace: &str, service_account: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}")
 }
 
-fn mesh_json(plan: &Plan) -> serde_json::Value {
+fn mesh_json(plan: &Plan, options: &Options) -> serde_json::Value {
     let service = format!("{SERVICE_HOST}:{SERVICE_PORT}");
     // name, namespace, service account, node, cluster, network, revision, zone, address, extra fields
     let workload = |name: &str,
@@ -210,13 +299,49 @@ fn mesh_json(plan: &Plan) -> serde_json::Value {
         json!({ "address": SocketAddr::new(plan.waypoint(), HBONE_PORT), "identity": identity("backend", "waypoint") });
     let outbound =
         |client: IpAddr| json!({ "outbound": [{ "listen": plan.outbound(client), "destination": service }] });
-    let curl_outbound = json!({ "outbound": [
-        { "listen": plan.outbound(plan.curl()), "destination": service },
-        { "listen": plan.local_outbound(plan.curl()), "destination": local_service },
-    ] });
+    let mut curl_listeners = vec![
+        json!({ "listen": plan.outbound(plan.curl()), "destination": service }),
+        json!({ "listen": plan.local_outbound(plan.curl()), "destination": local_service }),
+    ];
+    if options.grpc {
+        curl_listeners.extend([
+            json!({ "listen": plan.grpc_outbound(plan.curl()),
+                    "destination": format!("{GRPC_SERVICE_HOST}:{GRPC_PORT}") }),
+            json!({ "listen": plan.grpc_local_outbound(plan.curl()),
+                    "destination": format!("{GRPC_LOCAL_SERVICE_HOST}:{GRPC_PORT}") }),
+        ]);
+    }
+    let curl_outbound = json!({ "outbound": curl_listeners });
+    let ratings_node = if options.ratings == PodHbone::Ztunnel { "node-a" } else { INDEPENDENT_NODE };
     let mut sidecar = outbound(plan.productpage());
     if let Some(fields) = sidecar.as_object_mut() {
         fields.insert("sidecar".into(), json!(true));
+    }
+    let mut services = vec![
+        json!({
+            "hostname": SERVICE_HOST, "name": "echo", "namespace": "backend", "vip": "10.96.0.10",
+            "port": SERVICE_PORT, "target_port": SERVICE_PORT, "endpoints": ["echo-v1", "echo-v2"],
+            "waypoint": waypoint_ref,
+        }),
+        json!({
+            "hostname": LOCAL_SERVICE_HOST, "name": "ratings", "namespace": "backend", "vip": "10.96.0.11",
+            "port": SERVICE_PORT, "target_port": SERVICE_PORT, "endpoints": ["ratings-v1"],
+            "waypoint": waypoint_ref,
+        }),
+    ];
+    if options.grpc {
+        services.extend([
+            json!({
+                "hostname": GRPC_SERVICE_HOST, "name": "grpc-echo", "namespace": "backend", "vip": "10.96.0.12",
+                "port": GRPC_PORT, "target_port": GRPC_PORT, "endpoints": ["echo-v1", "echo-v2"],
+                "waypoint": waypoint_ref,
+            }),
+            json!({
+                "hostname": GRPC_LOCAL_SERVICE_HOST, "name": "grpc-ratings", "namespace": "backend",
+                "vip": "10.96.0.13", "port": GRPC_PORT, "target_port": GRPC_PORT, "endpoints": ["ratings-v1"],
+                "waypoint": waypoint_ref,
+            }),
+        ]);
     }
     json!({
         "trust_domain": TRUST_DOMAIN,
@@ -236,21 +361,10 @@ fn mesh_json(plan: &Plan) -> serde_json::Value {
                      json!({})),
             workload("echo-v2", "backend", "echo", "node-b", "cluster2", "network-b", "v2", "zone-b2", plan.echo(2),
                      json!({})),
-            workload("ratings-v1", "backend", "ratings", "node-a", "cluster1", "network-a", "v1", "zone-a2",
+            workload("ratings-v1", "backend", "ratings", ratings_node, "cluster1", "network-a", "v1", "zone-a2",
                      plan.ratings(), json!({})),
         ],
-        "services": [
-            {
-                "hostname": SERVICE_HOST, "name": "echo", "namespace": "backend", "vip": "10.96.0.10",
-                "port": SERVICE_PORT, "target_port": SERVICE_PORT, "endpoints": ["echo-v1", "echo-v2"],
-                "waypoint": waypoint_ref,
-            },
-            {
-                "hostname": LOCAL_SERVICE_HOST, "name": "ratings", "namespace": "backend", "vip": "10.96.0.11",
-                "port": SERVICE_PORT, "target_port": SERVICE_PORT, "endpoints": ["ratings-v1"],
-                "waypoint": waypoint_ref,
-            },
-        ],
+        "services": services,
     })
 }
 
@@ -264,7 +378,7 @@ impl Topology {
         let certs = dir.join("certs");
         ca::generate(&certs, &identities()).map_err(|e| HarnessError::Setup(format!("mesh CA: {e}")))?;
         let mesh_file = dir.join("mesh.json");
-        let mesh_text = serde_json::to_string_pretty(&mesh_json(&plan)).unwrap_or_default();
+        let mesh_text = serde_json::to_string_pretty(&mesh_json(&plan, &options)).unwrap_or_default();
         std::fs::write(&mesh_file, &mesh_text).map_err(|e| HarnessError::io(&mesh_file, e))?;
         let mesh = Mesh::parse(&mesh_text).map_err(|e| HarnessError::Setup(format!("mesh file: {e}")))?;
 
@@ -273,11 +387,29 @@ impl Topology {
             echo.push(EchoServer::start(name, SocketAddr::new(plan.echo(n), SERVICE_PORT)).await?);
         }
         let ratings = EchoServer::start("ratings-v1", SocketAddr::new(plan.ratings(), SERVICE_PORT)).await?;
+        let mut grpc = Vec::new();
+        if options.grpc {
+            for (name, ip) in [("echo-v1", plan.echo(1)), ("echo-v2", plan.echo(2)), ("ratings-v1", plan.ratings())] {
+                grpc.push(GrpcServer::start(name, SocketAddr::new(ip, GRPC_PORT)).await?);
+            }
+        }
+        let mut destinations = BTreeMap::new();
+        for (pods, who) in [(&["echo-v1", "echo-v2"][..], &options.node_b), (&["ratings-v1"][..], &options.ratings)] {
+            if *who == PodHbone::Ztunnel {
+                continue;
+            }
+            for pod in pods {
+                let destination = independent_destination(&mesh, pod, who.baggage_of(pod), &certs).await?;
+                destinations.insert((*pod).to_owned(), destination);
+            }
+        }
         let mut topology = Self {
             plan,
             dir,
             echo,
             ratings,
+            grpc,
+            destinations,
             binaries,
             mesh_file,
             certs,
@@ -287,7 +419,9 @@ impl Topology {
             waypoint: None,
         };
         topology.write_envoy_configs(&mesh, &options)?;
-        topology.start_ztunnel_b().await?;
+        if options.node_b == PodHbone::Ztunnel {
+            topology.start_ztunnel_b().await?;
+        }
         topology.start_gateway().await?;
         topology.start_waypoint().await?;
         topology.ztunnel_a = Some(topology.start_shim("node-a", 1).await?);
@@ -318,6 +452,8 @@ impl Topology {
                 access_log: &self.dir.join("waypoint-access.log"),
                 baggage_discovery: options.baggage_discovery,
                 telemetry: options.telemetry,
+                limits: options.limits.clone(),
+                edge: options.edge,
             },
         )
         .map_err(|e| HarnessError::Setup(format!("waypoint config: {e}")))?;
@@ -433,10 +569,61 @@ impl Topology {
             .join("\n")
     }
 
+    /// The mesh CA's directory (host-shim's layout: `root.pem`, `<ns>.<sa>.{cert,key}.pem`).
+    pub fn certs_dir(&self) -> &Path {
+        &self.certs
+    }
+
+    /// The PEM files of identity `spiffe://cluster.local/ns/<namespace>/sa/<service_account>`.
+    pub fn tls_files(&self, namespace: &str, service_account: &str) -> TlsFiles {
+        TlsFiles::in_ca_dir(&self.certs, namespace, service_account)
+    }
+
+    /// The independent HBONE destination of pod `workload`, when the options put one there.
+    pub fn destination(&self, workload: &str) -> Option<&HboneDestination> {
+        self.destinations.get(workload)
+    }
+
+    /// Stops every independent destination (their pods become unreachable).
+    pub fn stop_destinations(&mut self) {
+        self.destinations.clear();
+    }
+
+    /// The tonic server of pod `workload`, with [`Options::grpc`].
+    pub fn grpc_server(&self, workload: &str) -> Option<&GrpcServer> {
+        self.grpc.iter().find(|g| g.workload == workload)
+    }
+
     /// Requests per echo endpoint, by workload name.
     pub fn served(&self) -> Vec<(String, usize)> {
         self.echo.iter().map(|e| (e.workload.clone(), e.seen().len())).collect()
     }
+}
+
+/// An `hbone-peers` destination on `<pod ip>:15008` with the pod's own certificate,
+/// accepting what a ztunnel would for that pod: `<pod ip>:<target port>` of each service
+/// it backs, and `<service host>:<port>` (the inner CONNECT of double HBONE).
+async fn independent_destination(
+    mesh: &Mesh,
+    pod: &str,
+    baggage: Option<&str>,
+    certs: &Path,
+) -> Result<HboneDestination, HarnessError> {
+    let w = mesh.workload(pod).ok_or_else(|| HarnessError::Setup(format!("no workload {pod} in the mesh")))?;
+    let files = TlsFiles::in_ca_dir(certs, &w.namespace, &w.service_account);
+    let mut config = DestinationConfig::new(SocketAddr::new(w.address, HBONE_PORT), files).baggage(baggage);
+    let mut ports = Vec::new();
+    for service in mesh.services_of(w) {
+        if !ports.contains(&service.target_port) {
+            ports.push(service.target_port);
+            config = config.serve_port(service.target_port);
+        }
+        let app = SocketAddr::new(w.address, service.target_port);
+        config = config.serve_authority(&format!("{}:{}", service.hostname, service.port), app);
+    }
+    HboneDestination::start(config)
+        .await
+        .map_err(|e| HarnessError::Setup(format!("independent destination {pod}: {e}")))
 }
 
 async fn ready(mut process: Process, admin: SocketAddr) -> Result<Process, HarnessError> {

@@ -15,10 +15,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::{
+    CURL, ISTIO_LABELS, REQUESTS, assert_labels, echo_destination, metrics_after, metrics_when, start,
+    wait_for_counter, waypoint_counter,
+};
 use harness::Options;
 use harness::http::{Connection, Reply};
 use harness::prom::{self, Sample};
@@ -26,37 +32,6 @@ use harness::topology::{SERVICE_HOST, Topology};
 use harness::traffic::{self, Tally, service_host};
 use tokio::task::JoinHandle;
 
-/// Istio's waypoint labels, in Istio's order, as PROTOCOL.md §4 lists them (written out
-/// here rather than taken from the product, so the test is an independent oracle).
-const ISTIO_LABELS: [&str; 25] = [
-    "reporter",
-    "source_workload",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_cluster",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-];
-
-const REQUESTS: &str = "istio_requests_total";
 const HISTOGRAMS: [&str; 3] = ["istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"];
 const ERRORS: &str = "waypoint_errors_total";
 
@@ -64,18 +39,6 @@ const CURL_PRINCIPAL: &str = "spiffe://cluster.local/ns/frontend/sa/curl";
 const PRODUCTPAGE_PRINCIPAL: &str = "spiffe://cluster.local/ns/frontend/sa/productpage";
 const ECHO_PRINCIPAL: &str = "spiffe://cluster.local/ns/backend/sa/echo";
 const WAYPOINT_PRINCIPAL: &str = "spiffe://cluster.local/ns/backend/sa/waypoint";
-
-/// The source labels of the curl client (ztunnel-a's CONNECT baggage + its TLS identity).
-const CURL: [(&str, &str); 8] = [
-    ("source_workload", "curl"),
-    ("source_canonical_service", "curl"),
-    ("source_canonical_revision", "v1"),
-    ("source_workload_namespace", "frontend"),
-    ("source_principal", CURL_PRINCIPAL),
-    ("source_app", "curl"),
-    ("source_version", "v1"),
-    ("source_cluster", "cluster1"),
-];
 
 /// The source labels of the sidecar-style productpage client (x-envoy-peer-metadata + TLS).
 const PRODUCTPAGE: [(&str, &str); 8] = [
@@ -96,39 +59,21 @@ const ROUTE: [(&str, &str); 3] = [
     ("destination_service_namespace", "backend"),
 ];
 
-/// The destination labels of echo endpoint `workload` (`echo-v1` or `echo-v2`), from
-/// ztunnel-b's CONNECT 200 baggage and the TLS identity of the inner HBONE.
-fn echo_destination(workload: &str) -> Vec<(&'static str, String)> {
-    let version = workload.trim_start_matches("echo-").to_owned();
-    vec![
-        ("destination_workload", workload.to_owned()),
-        ("destination_workload_namespace", "backend".into()),
-        ("destination_principal", ECHO_PRINCIPAL.into()),
-        ("destination_app", "echo".into()),
-        ("destination_version", version.clone()),
-        ("destination_canonical_service", "echo".into()),
-        ("destination_canonical_revision", version),
-        ("destination_cluster", "cluster2".into()),
-    ]
-}
-
-/// The destination peer labels when no destination peer is known at all.
-const UNKNOWN_DESTINATION: [(&str, &str); 8] = [
+/// The destination peer labels of a request that reached no echo pod (LEAD-BEHAVIOUR item 5):
+/// the cluster from the endpoint metadata of the service's pods in network-b (all in
+/// cluster2), the namespace from the service; nothing else is known.
+const UNREACHED_ECHO: [(&str, &str); 8] = [
     ("destination_workload", "unknown"),
-    ("destination_workload_namespace", "unknown"),
+    ("destination_workload_namespace", "backend"),
     ("destination_principal", "unknown"),
     ("destination_app", "unknown"),
     ("destination_version", "unknown"),
     ("destination_canonical_service", "unknown"),
     ("destination_canonical_revision", "unknown"),
-    ("destination_cluster", "unknown"),
+    ("destination_cluster", "cluster2"),
 ];
 
 // ------------------------------------------------------------------ helpers
-
-async fn start(options: Options) -> Topology {
-    Topology::start(options).await.unwrap_or_else(|e| panic!("the mesh did not start: {e}"))
-}
 
 /// curl's entry into the mesh: ztunnel-a's outbound listener on curl's address.
 fn curl(t: &Topology) -> SocketAddr {
@@ -160,40 +105,6 @@ async fn sum(clients: Vec<JoinHandle<Tally>>) -> Tally {
         total = total + client.await.expect("client task");
     }
     total
-}
-
-/// The waypoint's `/stats/prometheus` once `ready` holds; panics after 10 s, showing
-/// `what` was awaited and the last istio_requests_total lines.
-async fn metrics_when(t: &Topology, what: &str, ready: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = t.waypoint_prometheus().await.expect("waypoint /stats/prometheus");
-        if ready(&text) {
-            return text;
-        }
-        if Instant::now() > deadline {
-            panic!("waited 10 s for {what}; istio_requests_total is:\n{}", prom::raw_lines(&text, REQUESTS).join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The metrics once the waypoint has counted exactly `requests` requests in all
-/// (counters are live, but a request is counted at stream end, just after its response).
-async fn metrics_after(t: &Topology, requests: usize) -> String {
-    let text = metrics_when(t, &format!("{requests} requests in {REQUESTS}"), |text| {
-        prom::total(text, REQUESTS) >= requests as f64
-    })
-    .await;
-    assert_eq!(prom::total(&text, REQUESTS), requests as f64, "the waypoint counted more requests than were sent");
-    text
-}
-
-/// Asserts every label in `expected` on `sample`, naming the label that differs.
-fn assert_labels<V: AsRef<str>>(sample: &Sample, expected: &[(&str, V)]) {
-    for (name, value) in expected {
-        assert_eq!(sample.label(name), value.as_ref(), "label {name} of {:?}", sample.labels);
-    }
 }
 
 /// No `waypoint_errors_total` series, or only zeros: nothing degraded to unknown.
@@ -312,22 +223,6 @@ async fn a_request_from_curl_to_the_other_network_carries_all_25_labels_from_bot
         assert!(sum.value > 0.0, "{h}_sum: a request and a response have bytes");
     }
     assert_no_waypoint_errors(&text);
-}
-
-/// A counter or gauge from the waypoint's `/stats` (Envoy's own format).
-async fn waypoint_counter(t: &Topology, name: &str) -> u64 {
-    let stats = t.waypoint_stats().await.expect("waypoint /stats");
-    let value = stats.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")));
-    value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("the waypoint has no stat {name}"))
-}
-
-/// Polls a waypoint counter or gauge until it equals `value`; panics after 10 s.
-async fn wait_for_counter(t: &Topology, name: &str, value: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while waypoint_counter(t, name).await != value {
-        assert!(Instant::now() < deadline, "{name} did not reach {value} within 10 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -632,8 +527,9 @@ async fn with_baggage_discovery_off_only_tls_identities_and_the_route_are_known_
     let text = metrics_after(&t, N).await;
     let series = prom::samples(&text, REQUESTS);
     assert_eq!(series.len(), 1, "without peers' baggage both endpoints read alike: {series:?}");
-    // The documented fallback (wasm-tests peers.rs, PROTOCOL.md §4): principals from TLS,
-    // the source namespace from its SPIFFE identity, the service from the route.
+    // The documented fallback (PROTOCOL.md §4, LEAD-BEHAVIOUR items 4 and 6): principals
+    // from TLS, both namespaces from the SPIFFE identities, the destination cluster from the
+    // endpoint metadata (every echo pod of network-b is in cluster2), the service from the route.
     assert_labels(
         &series[0],
         &[
@@ -647,7 +543,7 @@ async fn with_baggage_discovery_off_only_tls_identities_and_the_route_are_known_
             ("source_version", "unknown"),
             ("source_cluster", "unknown"),
             ("destination_workload", "unknown"),
-            ("destination_workload_namespace", "unknown"),
+            ("destination_workload_namespace", "backend"),
             ("destination_principal", ECHO_PRINCIPAL),
             ("destination_app", "unknown"),
             ("destination_version", "unknown"),
@@ -656,7 +552,7 @@ async fn with_baggage_discovery_off_only_tls_identities_and_the_route_are_known_
             ("destination_canonical_revision", "unknown"),
             ("destination_service_name", "echo"),
             ("destination_service_namespace", "backend"),
-            ("destination_cluster", "unknown"),
+            ("destination_cluster", "cluster2"),
             ("request_protocol", "http"),
             ("response_code", "200"),
             ("grpc_response_status", ""),
@@ -675,7 +571,7 @@ async fn with_baggage_discovery_off_only_tls_identities_and_the_route_are_known_
 // ------------------------------------------------------------------ 7. faults
 
 #[tokio::test(flavor = "multi_thread")]
-async fn with_the_destination_ztunnel_down_clients_get_503_counted_with_an_unknown_destination_until_it_returns() {
+async fn with_the_destination_ztunnel_down_clients_get_503_counted_in_the_destination_cluster_until_it_returns() {
     let mut t = start(Options::default()).await;
     let warm = traffic::counting_client(curl(&t), 5, usize::MAX, vec![]).await;
     assert_eq!(warm.outcome().ok, 5, "{warm:?}");
@@ -697,7 +593,7 @@ async fn with_the_destination_ztunnel_down_clients_get_503_counted_with_an_unkno
         assert_labels(s, &[("response_code", "503")]);
         assert_labels(s, &CURL);
         assert_labels(s, &ROUTE);
-        assert_labels(s, &UNKNOWN_DESTINATION);
+        assert_labels(s, &UNREACHED_ECHO);
         let f = s.label("response_flags");
         assert!(!f.is_empty() && f != "-", "a failed request names why: {:?}", s.labels);
         flags.push(format!("{f} x{}", s.value));

@@ -319,10 +319,15 @@ fn pin_to_identity(peer: &mut Peer, host: &impl Host, worker: &mut Worker) {
     peer.pin_namespace();
 }
 
-/// gRPC messages (request, response) from Envoy's `grpc_stats` filter state, which
-/// reaches wasm as its `FilterObject` proto: field 1 request_message_count, field 2
-/// response_message_count, both varints.
+/// gRPC messages (request, response) from Envoy's `grpc_stats` filter state. Envoy
+/// 1.40 hands wasm the object's string form, `<request count>,<response count>`
+/// (`GrpcStatsObject::serializeAsString`); its `FilterObject` proto (field 1
+/// request_message_count, field 2 response_message_count, varints) is read too, for
+/// hosts that serialize the proto instead.
 fn grpc_messages(bytes: &[u8]) -> Option<(u64, u64)> {
+    if let Some((requests, responses)) = std::str::from_utf8(bytes).ok().and_then(|text| text.split_once(',')) {
+        return Some((requests.trim().parse().ok()?, responses.trim().parse().ok()?));
+    }
     let (mut requests, mut responses) = (0, 0);
     let mut rest = bytes;
     while !rest.is_empty() {

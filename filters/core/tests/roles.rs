@@ -573,6 +573,18 @@ fn grpc_messages_are_counted_each_way() {
     assert_eq!(sum("istio_response_messages_total"), 3);
 }
 
+#[test]
+fn grpc_messages_are_read_from_envoys_string_form() {
+    // What Envoy 1.40 hands wasm for the grpc_stats object: "<requests>,<responses>".
+    let host = grpc_request(&[("grpc-status", "0")], &[(":status", "200")], Some(b"2,7"));
+    let defined = host.defined.borrow();
+    let sum = |base: &str| {
+        let id = defined.iter().position(|(_, n)| n.split(';').next() == Some(base)).expect(base);
+        host.values.borrow().get(&(id as u32)).map(|v| v.iter().sum::<i128>()).unwrap_or(0)
+    };
+    assert_eq!((sum("istio_request_messages_total"), sum("istio_response_messages_total")), (2, 7));
+}
+
 /// `n` distinct peers of one identity through one worker, then a legit one of another.
 fn flood(limits: &str, n: usize, baggage: impl Fn(usize) -> String) -> FakeHost {
     let config = config(&format!(r#"{{"limits": {limits}}}"#));

@@ -539,7 +539,7 @@ pub struct InnerRequest {
     pub cluster: Option<Vec<u8>>,
     /// `x-wp-endpoint`: the upstream host's Istio endpoint metadata.
     pub endpoint: Option<Vec<u8>>,
-    /// Envoy's grpc_stats filter state, as the FilterObject proto bytes.
+    /// Envoy's grpc_stats filter state, as Envoy hands it to wasm.
     pub grpc_messages: Option<Vec<u8>>,
     pub response_flags: u64,
     pub duration_ns: u64,
@@ -608,9 +608,10 @@ impl InnerRequest {
         self
     }
 
-    /// Envoy's grpc_stats counted `requests` and `responses` messages (FilterObject proto).
+    /// Envoy's grpc_stats counted `requests` and `responses` messages; Envoy 1.40 hands wasm
+    /// the object's string form, "<requests>,<responses>".
     pub fn grpc_messages(mut self, requests: u8, responses: u8) -> Self {
-        self.grpc_messages = Some(vec![0x08, requests, 0x10, responses]);
+        self.grpc_messages = Some(format!("{requests},{responses}").into_bytes());
         self
     }
 
