@@ -396,9 +396,26 @@ fn app_answer(workload: &str, path: &str) -> Response<Full<Bytes>> {
     }
     let body = serde_json::json!({ "workload": workload, "path": path }).to_string();
     *response.body_mut() = Full::new(Bytes::from(body));
-    response.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    if path.starts_with(FORGE_STATS_INPUTS) {
+        // A hostile app sets the headers the waypoint's routes hand its stats filter.
+        for (name, value) in FORGED_STATS_INPUTS {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+    }
     response
 }
+
+/// A request path whose answer carries [`FORGED_STATS_INPUTS`].
+pub const FORGE_STATS_INPUTS: &str = "/forge-stats-inputs";
+
+/// What a hostile app would like the waypoint to believe about the request.
+pub const FORGED_STATS_INPUTS: [(&str, &str); 3] = [
+    ("x-wp-endpoint", "forged-v9;kube-system;forged;v9;evil-cluster"),
+    ("x-wp-service", "inbound-vip|1|http|evil.kube-system.svc.cluster.local"),
+    ("x-wp-upconn", "1"),
+];
 
 /// How long a silent connection lived: `Some(elapsed)` once the server closed it,
 /// `None` if it was still open at the bound.

@@ -177,50 +177,32 @@ async fn forged_requests(
     }
 }
 
-/// Rewrites the rendered waypoint config with `limits.max_label_sets = cap` and restarts
-/// the waypoint on it. (The renderer cannot set limits yet: /work/notes/requests.md.)
-async fn restart_waypoint_with_label_set_cap(t: &mut Topology, cap: usize) {
-    let path = t.dir.join("waypoint.yaml");
-    let yaml = std::fs::read_to_string(&path).unwrap();
-    // The plugin configuration (one copy per wasm role) is a JSON object inside a quoted
-    // YAML string: \"key\":value. Every copy gets the cap.
-    let key = r#"\"max_label_sets\":"#;
-    let changed = if yaml.contains(key) {
-        let mut out = String::new();
-        let mut rest = yaml.as_str();
-        while let Some(at) = rest.find(key) {
-            let start = at + key.len();
-            let end = start + rest[start..].find(|c: char| !c.is_ascii_digit()).unwrap();
-            out.push_str(&rest[..start]);
-            out.push_str(&cap.to_string());
-            rest = &rest[end..];
-        }
-        out.push_str(rest);
-        out
-    } else if yaml.contains(r#"\"limits\":{"#) {
-        yaml.replace(r#"\"limits\":{"#, &format!(r#"\"limits\":{{\"max_label_sets\":{cap},"#))
-    } else {
-        yaml.replace(
-            r#"{\"baggage_discovery\":"#,
-            &format!(r#"{{\"limits\":{{\"max_label_sets\":{cap}}},\"baggage_discovery\":"#),
-        )
-    };
-    assert_ne!(changed, yaml, "found no plugin configuration to put limits.max_label_sets in");
-    std::fs::write(&path, changed).unwrap();
-    t.stop_waypoint();
-    t.start_waypoint().await.expect("the waypoint restarts with the cap");
+/// The mesh with a waypoint whose plugins allow only `cap` label sets per worker.
+async fn start_with_label_set_cap(cap: usize) -> Topology {
+    let limits = waypoint_core::Limits { max_label_sets: cap, ..waypoint_core::Limits::default() };
+    Topology::start(Options { limits, ..Options::default() })
+        .await
+        .unwrap_or_else(|e| panic!("the mesh did not start: {e}"))
 }
 
 /// Stops ztunnel-b and puts a forged destination with echo's real certificate on both
 /// echo pods' HBONE addresses; `baggage_of(workload)` is each pod's CONNECT 200 baggage.
 async fn forge_echo_destination(t: &mut Topology, baggage_of: impl Fn(&str) -> String) -> ForgedDestination {
+    forge_echo_destination_with(t, |workload| Some(baggage_of(workload))).await
+}
+
+/// [`forge_echo_destination`], where `baggage_of` may also send no baggage at all.
+async fn forge_echo_destination_with(
+    t: &mut Topology,
+    baggage_of: impl Fn(&str) -> Option<String>,
+) -> ForgedDestination {
     t.stop_ztunnel_b();
     let pods: Vec<ForgedPod> = [(1u8, "echo-v1"), (2, "echo-v2")]
         .into_iter()
         .map(|(n, workload)| ForgedPod {
             hbone: SocketAddr::new(t.plan.echo(n), HBONE_PORT),
             workload: workload.to_owned(),
-            baggage: Some(baggage_of(workload).into_bytes()),
+            baggage: baggage_of(workload).map(String::into_bytes),
         })
         .collect();
     // ztunnel-b's sockets are gone once its process has exited; retry briefly all the same.
@@ -436,6 +418,38 @@ async fn d2_an_app_answering_201_distinct_grpc_statuses_makes_at_most_18_series_
     }
 }
 
+/// An app cannot set the headers the waypoint's routes hand its stats filter: with no
+/// response baggage, the destination labels come from Envoy's endpoint metadata and the
+/// service from the route, never from the app's forged `x-wp-*` response headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_forging_the_waypoints_stats_inputs_changes_no_label() {
+    let mut t = start().await;
+    let forged = forge_echo_destination_with(&mut t, |_| None).await;
+    let tcp = tokio::net::TcpStream::connect(curl_entry(&t)).await.unwrap();
+    let mut http = hostile::Http1::over(tcp).await.expect("HTTP/1.1 through ztunnel-a");
+    for n in 0..4 {
+        let reply = http.get(ECHO_HOST, &format!("{}/{n}", hostile::FORGE_STATS_INPUTS)).await.expect("a reply");
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    assert_eq!(forged.served(), 4);
+    let text = metrics_after(&t, 4).await;
+    let series = prom::samples(&text, REQUESTS);
+    assert_eq!(series.len(), 1, "{series:#?}");
+    assert_labels(&series[0], &CURL_SOURCE);
+    assert_labels(
+        &series[0],
+        &[
+            ("destination_workload", "unknown"),
+            ("destination_workload_namespace", "backend"),
+            ("destination_principal", "spiffe://cluster.local/ns/backend/sa/echo"),
+            ("destination_cluster", "cluster2"),
+            ("destination_service", "echo.backend.svc.cluster.local"),
+            ("destination_service_name", "echo"),
+            ("destination_service_namespace", "backend"),
+        ],
+    );
+}
+
 // ------------------------------------------------------------------ the label-set cap (D3)
 
 /// D3: past a small `max_label_sets`, forged peers (one certificate, many claimed
@@ -443,9 +457,8 @@ async fn d2_an_app_answering_201_distinct_grpc_statuses_makes_at_most_18_series_
 /// namespace stay; legit traffic keeps its full labels.
 #[tokio::test(flavor = "multi_thread")]
 async fn d3_past_the_label_set_cap_forged_peers_keep_their_verified_principal_and_namespace() {
-    let mut t = start().await;
     const CAP: usize = 20;
-    restart_waypoint_with_label_set_cap(&mut t, CAP).await;
+    let t = start_with_label_set_cap(CAP).await;
     let ratings = t.plan.local_outbound(t.plan.curl());
     let before = traffic::counting_client_for(ratings, &traffic::local_service_host(), 5, usize::MAX, vec![]).await;
     assert_eq!(before.outcome().ok, 5, "{before:?}");
@@ -527,8 +540,7 @@ async fn d3_past_the_label_set_cap_forged_peers_keep_their_verified_principal_an
 /// baggage), all read as that deployment, even with a cap of 20 label sets.
 #[tokio::test(flavor = "multi_thread")]
 async fn d3_pod_churn_of_one_deployment_with_envoy_form_baggage_never_fills_the_cap() {
-    let mut t = start().await;
-    restart_waypoint_with_label_set_cap(&mut t, 20).await;
+    let t = start_with_label_set_cap(20).await;
     const PODS: usize = 500;
     forged_requests(&t, PODS, 2, 16, |i| {
         baggage(&format!(

@@ -195,6 +195,10 @@ fn virtual_host(s: &Service, telemetry: bool) -> Value {
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
         }));
         host.insert("response_headers_to_add".into(), Value::from(headers));
+        // An app's own copies go first (Envoy removes before it adds): these headers are
+        // the stats role's input, never the app's to set, even where a value is empty.
+        let ours = [UPSTREAM_CONNECTION_HEADER, ENDPOINT_HEADER, SERVICE_HEADER];
+        host.insert("response_headers_to_remove".into(), json!(ours));
     }
     host
 }
