@@ -6,6 +6,11 @@
 //!
 //! Every check runs and prints `ok` or `FAIL` with what it saw; the test fails at the end
 //! if any did, so one failure never hides the others' results.
+//!
+//! Observability as users run it: the target labels Kubernetes service discovery would
+//! attach (testbed/prometheus.yml), and the PromQL Kiali itself builds for its graph and
+//! detail charts (module `kiali`, each query citing its Kiali source), read the way Kiali
+//! reads the series (`kiali_request_edges`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -61,9 +66,23 @@ fn testbed() {
     report.check("Prometheus scrapes the waypoint, the gateway and both ztunnels", tb.scrapes());
     report.check("two-sided istio_requests_total at the waypoint", tb.two_sided_labels());
     report.check("ztunnels' L4 metrics name the waypoint", tb.shim_metrics());
+    report.check("target labels as Kubernetes service discovery attaches them", tb.target_labels());
+    report.check("istio_build: the waypoint (proxy) and both ztunnels (ztunnel)", tb.istio_build());
+    report.check("Kiali graph: curl (cluster1) -> echo-v1, echo-v2 (cluster2), no unknown node", tb.kiali_graph());
+    report.check("Kiali graph, ambient: app!=\"ztunnel\" filter and the ztunnel mTLS branch", tb.kiali_ambient());
+    report.check("gRPC through the mesh: Kiali's gRPC charts, exact message counts", tb.kiali_grpc());
+    report.check("Kiali detail charts: workload echo-v1, service echo, workload curl", tb.kiali_charts());
     report.check("isolation: network-a cannot reach network-b", tb.isolation());
     report.check("load spread over new connections", tb.load_spread());
-    report.check("ztunnel-b stopped: fast 503s, counted with flags; started: recovers", tb.ztunnel_b_fault());
+    let mut kiali_outage = None;
+    report.check(
+        "ztunnel-b stopped: fast 503s, counted with flags; started: recovers",
+        tb.ztunnel_b_fault(&mut kiali_outage),
+    );
+    report.check(
+        "Kiali during the ztunnel-b outage: the 503s drawn in cluster2",
+        kiali_outage.unwrap_or_else(|| Err(anyhow!("not run: the outage step failed before it"))),
+    );
     report.check("waypoint killed: client errors; started: recovers", tb.waypoint_fault());
     report.check("servers get the app's baggage unchanged, never ztunnel's", tb.server_baggage());
     report.check("east-west gateway never sees inner baggage", tb.gateway_privacy());
@@ -390,7 +409,7 @@ impl Testbed {
 
     /// The 200 series at the waypoint that grew over `window` (all of them when None).
     fn labelled_ok_series(&self, window: Option<String>) -> Result<String> {
-        let selector = r#"istio_requests_total{job="waypoint",reporter="waypoint",response_code="200"}"#;
+        let selector = r#"istio_requests_total{job="waypoint",reporter="waypoint",response_code="200",destination_service="echo.backend.svc.cluster.local"}"#;
         let query = match &window {
             Some(w) => format!("increase({selector}[{w}]) > 0"),
             None => selector.to_owned(),
@@ -407,7 +426,7 @@ impl Testbed {
             ));
         }
         let unknown = prom(&format!(
-            r#"increase(istio_requests_total{{job="waypoint",reporter="waypoint",response_code="200",destination_workload="unknown"}}[{}])"#,
+            r#"increase(istio_requests_total{{job="waypoint",reporter="waypoint",response_code="200",destination_service="echo.backend.svc.cluster.local",destination_workload="unknown"}}[{}])"#,
             window.unwrap_or_else(|| "1h".into())
         ))?;
         ensure!(unknown.iter().all(|s| s.value == 0.0), "200s with an unknown destination: {unknown:?}");
@@ -625,7 +644,8 @@ impl Testbed {
         Ok(detail)
     }
 
-    fn ztunnel_b_fault(&self) -> Result<String> {
+    /// `kiali` gets the Kiali outage check's result, taken while ztunnel-b is down.
+    fn ztunnel_b_fault(&self, kiali: &mut Option<Result<String>>) -> Result<String> {
         let t0 = now();
         docker(&["stop", ZTUNNEL_B])?;
         let stopped = now();
@@ -651,6 +671,7 @@ impl Testbed {
             ensure!(!flagged.is_empty(), "no flagged 503 series yet: {series:?}");
             Ok(flagged.join(", "))
         })?;
+        *kiali = Some(self.kiali_outage());
 
         let t1 = now();
         docker(&["start", ZTUNNEL_B])?;
@@ -781,5 +802,676 @@ impl Testbed {
             ensure!(status == if c == MESH_INIT { "exited" } else { "running" }, "{c} is {status}");
         }
         Ok(format!("restart counts all 0; only {} started again, by the test", restarted.join(" and ")))
+    }
+}
+
+// ------------------------------------------------------------------ Kiali's queries
+
+/// The PromQL Kiali builds, copied as text from kiali/kiali (commit d733a096e02e, Aug 2026)
+/// with the variables set to this testbed: namespaces `frontend` (curl, cluster1) and
+/// `backend` (echo-v1, echo-v2, cluster2; ambient, with the waypoint), Kiali's defaults
+/// otherwise. Graph: workload graph, ambient traffic "total" (`reporter=~"waypoint|…"`),
+/// rates http/grpc=requests, tcp=sent, duration 10m (`[600s]`). Detail charts: what the
+/// workload and service pages request for an ambient workload (reporter `destination,waypoint`
+/// inbound, `source,waypoint` outbound; group by the peer's canonical service and namespace),
+/// rate interval 12s (Kiali's frontend: a 10-minute range / 50 points, at least 2 scrapes of
+/// 2s). Checked as instant queries: a chart's newest point.
+mod kiali {
+    // ---- graph: graph/telemetry/istio/istio.go, buildNamespaceTrafficMap, HTTP/gRPC requests.
+    // Reporter fragments from graph/telemetry/istio/util/util.go GetReporter (ambient "total"
+    // or "waypoint" adds the waypoint), the app fragment from GetApp.
+
+    /// Query 0 for `backend`: source telemetry of requests that reached no destination workload.
+    pub const GRAPH_BACKEND_UNSERVICED: &str = r#"sum(rate(istio_requests_total{reporter=~"waypoint|source",source_workload_namespace!="backend",destination_workload_namespace="unknown",destination_workload="unknown",destination_service=~"^.+\\.backend\\..+$"} [600s])) by (source_cluster,source_workload_namespace,source_workload,source_canonical_service,source_canonical_revision,destination_cluster,destination_service_namespace,destination_service,destination_service_name,destination_workload_namespace,destination_workload,destination_canonical_service,destination_canonical_revision,request_protocol,response_code,grpc_response_status,response_flags) > 0"#;
+    /// Query 1 for `backend` (ambient namespaces only): source telemetry from outside it.
+    pub const GRAPH_BACKEND_AMBIENT_IN: &str = r#"sum(rate(istio_requests_total{reporter="source",source_workload_namespace!="backend",destination_workload_namespace="backend"} [600s])) by (source_cluster,source_workload_namespace,source_workload,source_canonical_service,source_canonical_revision,destination_cluster,destination_service_namespace,destination_service,destination_service_name,destination_workload_namespace,destination_workload,destination_canonical_service,destination_canonical_revision,request_protocol,response_code,grpc_response_status,response_flags) > 0"#;
+    /// Query 2 for `backend`: destination (and waypoint) telemetry of its incoming traffic.
+    pub const GRAPH_BACKEND_IN: &str = r#"sum(rate(istio_requests_total{reporter=~"waypoint|destination",destination_workload_namespace="backend"} [600s])) by (source_cluster,source_workload_namespace,source_workload,source_canonical_service,source_canonical_revision,destination_cluster,destination_service_namespace,destination_service,destination_service_name,destination_workload_namespace,destination_workload,destination_canonical_service,destination_canonical_revision,request_protocol,response_code,grpc_response_status,response_flags) > 0"#;
+    /// Query 3 for `frontend`: source (and waypoint) telemetry of its outgoing traffic.
+    pub const GRAPH_FRONTEND_OUT: &str = r#"sum(rate(istio_requests_total{reporter=~"waypoint|source",source_workload_namespace="frontend"} [600s])) by (source_cluster,source_workload_namespace,source_workload,source_canonical_service,source_canonical_revision,destination_cluster,destination_service_namespace,destination_service,destination_service_name,destination_workload_namespace,destination_workload,destination_canonical_service,destination_canonical_revision,request_protocol,response_code,grpc_response_status,response_flags) > 0"#;
+
+    // ---- graph: the same function, TCP bytes (tcp=sent reads istio_tcp_received_bytes_total,
+    // Kiali's note on istio/istio#32399), query 1 for `backend`.
+
+    /// Ambient traffic "total": GetApp adds nothing, ztunnel's own series are in.
+    pub const GRAPH_TCP_BACKEND_IN_TOTAL: &str = r#"sum(rate(istio_tcp_received_bytes_total{reporter=~"waypoint|destination",destination_workload_namespace="backend"} [600s])) by (app,source_cluster,source_workload_namespace,source_workload,source_canonical_service,source_canonical_revision,destination_cluster,destination_service_namespace,destination_service,destination_service_name,destination_workload_namespace,destination_workload,destination_canonical_service,destination_canonical_revision,response_flags) > 0"#;
+    /// Ambient traffic "waypoint": GetApp's `app!="ztunnel"` keeps ztunnel's series out.
+    pub const GRAPH_TCP_BACKEND_IN_WAYPOINT: &str = r#"sum(rate(istio_tcp_received_bytes_total{app!="ztunnel",reporter=~"waypoint|destination",destination_workload_namespace="backend"} [600s])) by (app,source_cluster,source_workload_namespace,source_workload,source_canonical_service,source_canonical_revision,destination_cluster,destination_service_namespace,destination_service,destination_service_name,destination_workload_namespace,destination_workload,destination_canonical_service,destination_canonical_revision,response_flags) > 0"#;
+
+    // ---- graph: graph/telemetry/istio/appender/security_policy.go, appendGraph (the mTLS
+    // padlock on edges).
+
+    /// Requests into `backend` from outside it (query 1 of the appender, requests part).
+    pub const MTLS_BACKEND_REQUESTS_IN: &str = r#"sum(rate(istio_requests_total{reporter=~"waypoint|destination",source_workload_namespace!="backend",destination_service_namespace="backend"}[600s])) by (source_cluster,source_workload_namespace,source_workload,source_canonical_service,source_canonical_revision,source_principal,destination_cluster,destination_service_namespace,destination_service_name,destination_workload_namespace,destination_workload,destination_canonical_service,destination_canonical_revision,destination_principal,connection_security_policy) > 0"#;
+    /// The ztunnel branch (ambient "total" or "ztunnel", tcp=sent) for `frontend`: ztunnel
+    /// reports as source, selected by the target label app="ztunnel".
+    pub const MTLS_ZTUNNEL_FRONTEND: &str = r#"sum(rate(istio_tcp_sent_bytes_total{app="ztunnel",reporter="source",source_workload_namespace="frontend"}[600s])) by (source_cluster,source_workload_namespace,source_workload,source_canonical_service,source_canonical_revision,source_principal,destination_cluster,destination_service_namespace,destination_service_name,destination_workload_namespace,destination_workload,destination_canonical_service,destination_canonical_revision,destination_principal,connection_security_policy) > 0"#;
+
+    // ---- detail charts: business/metrics.go fetchAllMetrics over business/metrics_definitions.go
+    // istioMetrics; labels from business/metrics_labels_builder.go (Reporters sorted into one
+    // regexp, then Workload or Service, then Cluster; BuildForErrors for the error chart);
+    // query shapes from prometheus/metrics.go fetchRateRange and buildHistogramQueries.
+
+    /// Workload echo-v1 (backend, cluster2), inbound: request_count.
+    pub const ECHO_V1_IN_REQUESTS: &str = r#"sum(rate(istio_requests_total{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace)"#;
+    /// request_error_count: the HTTP error labels OR the gRPC error labels.
+    pub const ECHO_V1_IN_ERRORS: &str = r#"(sum(rate(istio_requests_total{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2",response_code=~"^0$|^[4-5]\\d\\d$"}[12s])) by (source_canonical_service,source_workload_namespace) OR sum(rate(istio_requests_total{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2",grpc_response_status=~"^[1-9]$|^1[0-6]$",response_code!~"^0$|^[4-5]\\d\\d$"}[12s])) by (source_canonical_service,source_workload_namespace))"#;
+    /// request_duration_millis, average.
+    pub const ECHO_V1_IN_DURATION_AVG: &str = r#"sum(rate(istio_request_duration_milliseconds_sum{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace) / sum(rate(istio_request_duration_milliseconds_count{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace)"#;
+    /// request_duration_millis, the 0.95 quantile (the charts' quantile setting).
+    pub const ECHO_V1_IN_DURATION_P95: &str = r#"histogram_quantile(0.95, sum(rate(istio_request_duration_milliseconds_bucket{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2"}[12s])) by (le,source_canonical_service,source_workload_namespace))"#;
+    /// request_size, average.
+    pub const ECHO_V1_IN_REQUEST_SIZE_AVG: &str = r#"sum(rate(istio_request_bytes_sum{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace) / sum(rate(istio_request_bytes_count{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace)"#;
+    /// response_size, average.
+    pub const ECHO_V1_IN_RESPONSE_SIZE_AVG: &str = r#"sum(rate(istio_response_bytes_sum{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace) / sum(rate(istio_response_bytes_count{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace)"#;
+    /// response_throughput.
+    pub const ECHO_V1_IN_RESPONSE_THROUGHPUT: &str = r#"sum(rate(istio_response_bytes_sum{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace)"#;
+    /// tcp_sent (istio_tcp_received_bytes_total, Kiali's note on istio/istio#32399).
+    pub const ECHO_V1_IN_TCP_SENT: &str = r#"sum(rate(istio_tcp_received_bytes_total{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace)"#;
+    /// tcp_received (istio_tcp_sent_bytes_total).
+    pub const ECHO_V1_IN_TCP_RECEIVED: &str = r#"sum(rate(istio_tcp_sent_bytes_total{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace)"#;
+    /// tcp_opened.
+    pub const ECHO_V1_IN_TCP_OPENED: &str = r#"sum(rate(istio_tcp_connections_opened_total{reporter=~"destination|waypoint",destination_workload_namespace="backend",destination_workload="echo-v1",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace)"#;
+
+    /// Service echo (backend, cluster2), inbound: request_count.
+    pub const ECHO_SVC_IN_REQUESTS: &str = r#"sum(rate(istio_requests_total{reporter=~"destination|waypoint",destination_service_name="echo",destination_service_namespace="backend",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace)"#;
+    /// Service echo, inbound: request_error_count.
+    pub const ECHO_SVC_IN_ERRORS: &str = r#"(sum(rate(istio_requests_total{reporter=~"destination|waypoint",destination_service_name="echo",destination_service_namespace="backend",destination_cluster="cluster2",response_code=~"^0$|^[4-5]\\d\\d$"}[12s])) by (source_canonical_service,source_workload_namespace) OR sum(rate(istio_requests_total{reporter=~"destination|waypoint",destination_service_name="echo",destination_service_namespace="backend",destination_cluster="cluster2",grpc_response_status=~"^[1-9]$|^1[0-6]$",response_code!~"^0$|^[4-5]\\d\\d$"}[12s])) by (source_canonical_service,source_workload_namespace))"#;
+    /// Service echo, inbound: request_duration_millis, the 0.95 quantile.
+    pub const ECHO_SVC_IN_DURATION_P95: &str = r#"histogram_quantile(0.95, sum(rate(istio_request_duration_milliseconds_bucket{reporter=~"destination|waypoint",destination_service_name="echo",destination_service_namespace="backend",destination_cluster="cluster2"}[12s])) by (le,source_canonical_service,source_workload_namespace))"#;
+
+    /// Service echo, inbound: grpc_sent (an HTTP/1.1 service: nothing).
+    pub const ECHO_SVC_IN_GRPC_SENT: &str = r#"sum(rate(istio_request_messages_total{reporter=~"destination|waypoint",destination_service_name="echo",destination_service_namespace="backend",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace)"#;
+
+    /// Service grpc-echo (backend, cluster2), inbound: request_count.
+    pub const GRPC_SVC_IN_REQUESTS: &str = r#"sum(rate(istio_requests_total{reporter=~"destination|waypoint",destination_service_name="grpc-echo",destination_service_namespace="backend",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace)"#;
+    /// Service grpc-echo, inbound: request_error_count (the gRPC half counts grpc-status 1..16).
+    pub const GRPC_SVC_IN_ERRORS: &str = r#"(sum(rate(istio_requests_total{reporter=~"destination|waypoint",destination_service_name="grpc-echo",destination_service_namespace="backend",destination_cluster="cluster2",response_code=~"^0$|^[4-5]\\d\\d$"}[12s])) by (source_canonical_service,source_workload_namespace) OR sum(rate(istio_requests_total{reporter=~"destination|waypoint",destination_service_name="grpc-echo",destination_service_namespace="backend",destination_cluster="cluster2",grpc_response_status=~"^[1-9]$|^1[0-6]$",response_code!~"^0$|^[4-5]\\d\\d$"}[12s])) by (source_canonical_service,source_workload_namespace))"#;
+    /// Service grpc-echo, inbound: grpc_sent.
+    pub const GRPC_SVC_IN_GRPC_SENT: &str = r#"sum(rate(istio_request_messages_total{reporter=~"destination|waypoint",destination_service_name="grpc-echo",destination_service_namespace="backend",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace)"#;
+    /// Service grpc-echo, inbound: grpc_received.
+    pub const GRPC_SVC_IN_GRPC_RECEIVED: &str = r#"sum(rate(istio_response_messages_total{reporter=~"destination|waypoint",destination_service_name="grpc-echo",destination_service_namespace="backend",destination_cluster="cluster2"}[12s])) by (source_canonical_service,source_workload_namespace)"#;
+
+    /// Workload curl (frontend, cluster1), outbound: request_count.
+    pub const CURL_OUT_REQUESTS: &str = r#"sum(rate(istio_requests_total{reporter=~"source|waypoint",source_workload_namespace="frontend",source_workload="curl",source_cluster="cluster1"}[12s])) by (destination_canonical_service,destination_workload_namespace)"#;
+    /// Workload curl, outbound: tcp_sent.
+    pub const CURL_OUT_TCP_SENT: &str = r#"sum(rate(istio_tcp_received_bytes_total{reporter=~"source|waypoint",source_workload_namespace="frontend",source_workload="curl",source_cluster="cluster1"}[12s])) by (destination_canonical_service,destination_workload_namespace)"#;
+
+    // ---- ztunnel dashboard: business/metrics.go GetZtunnelMetrics (FetchRateRange and FetchRange
+    // of prometheus/client.go), selected by the target label pod=~"ztunnel-.*".
+
+    /// ztunnel_connections (opened).
+    pub const ZTUNNEL_CONNECTIONS_OPENED: &str =
+        r#"sum(rate(istio_tcp_connections_opened_total{pod=~"ztunnel-.*"}[12s])) by (pod)"#;
+    /// ztunnel_versions.
+    pub const ZTUNNEL_VERSIONS: &str = r#"sum(istio_build{component="ztunnel"}) by (tag)"#;
+}
+
+// ------------------------------------------------------------------ Kiali's reading of the series
+
+/// Kiali's graph.IsOK: set, and not "unknown".
+fn is_ok(value: &str) -> bool {
+    !value.is_empty() && value != "unknown"
+}
+
+/// An edge of Kiali's workload graph: node ids as graph/types.go `Id` makes them
+/// (`wl_<cluster>_<namespace>_<workload>`, `svc_<cluster>_<namespace>_<service>`), the response
+/// code as util.HandleResponseCode reads it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Edge {
+    source: String,
+    dest: String,
+    code: String,
+    flags: String,
+}
+
+impl Edge {
+    fn new(source: &str, dest: &str, code: &str, flags: &str) -> Self {
+        Self { source: source.into(), dest: dest.into(), code: code.into(), flags: flags.into() }
+    }
+}
+
+/// graph/types.go `Id` for the workload graph (Kiali's default graph type).
+fn kiali_node_id(
+    cluster: &str,
+    service_ns: &str,
+    service: &str,
+    workload_ns: &str,
+    workload: &str,
+    app: &str,
+) -> Result<String> {
+    let namespace = if is_ok(workload_ns) { workload_ns } else { service_ns };
+    if namespace == "unknown" && workload == "unknown" && app == "unknown" && service.is_empty() {
+        return Ok(format!("{cluster}_unknown_source"));
+    }
+    if workload == "unknown" && app == "unknown" && service == "unknown" {
+        return Ok(format!("svc_{cluster}_{namespace}_unknown"));
+    }
+    ensure!(
+        is_ok(workload) || is_ok(app) || is_ok(service),
+        "no node id: {cluster}/{namespace} {workload} {app} {service}"
+    );
+    Ok(if is_ok(workload) {
+        format!("wl_{cluster}_{namespace}_{workload}")
+    } else if is_ok(service) {
+        format!("svc_{cluster}_{namespace}_{service}")
+    } else {
+        format!("svc_{cluster}_{namespace}_unknown")
+    })
+}
+
+/// What populateTrafficMap (graph/telemetry/istio/istio.go) makes of istio_requests_total
+/// series: each edge's rate, and the series Kiali would skip, with why. The same series
+/// returned by two queries counts once (Kiali's edge time-series hash).
+fn kiali_request_edges(series: &[Series]) -> (BTreeMap<Edge, f64>, Vec<String>) {
+    const REQUIRED: [&str; 14] = [
+        "source_workload_namespace",
+        "source_workload",
+        "source_canonical_service",
+        "source_canonical_revision",
+        "destination_service_namespace",
+        "destination_service",
+        "destination_service_name",
+        "destination_workload_namespace",
+        "destination_workload",
+        "destination_canonical_service",
+        "destination_canonical_revision",
+        "response_flags",
+        "request_protocol",
+        "response_code",
+    ];
+    let mut edges = BTreeMap::new();
+    let mut skipped = Vec::new();
+    let mut seen = BTreeSet::new();
+    for s in series {
+        if !seen.insert(s.labels.clone()) {
+            continue;
+        }
+        let l = |name: &str| s.label(name);
+        let missing: Vec<&str> = REQUIRED.iter().copied().filter(|k| !s.labels.contains_key(*k)).collect();
+        if !missing.is_empty() {
+            skipped.push(format!("missing {missing:?}: {:?}", s.labels));
+            continue;
+        }
+        // util.HandleClusters: an absent cluster label reads "unknown".
+        let source_cluster = if s.labels.contains_key("source_cluster") { l("source_cluster") } else { "unknown" };
+        let mut dest_cluster =
+            if s.labels.contains_key("destination_cluster") { l("destination_cluster") } else { "unknown" };
+        let source_ns = l("source_workload_namespace");
+        // util.IsBadSourceTelemetry
+        if is_ok(source_ns) && !is_ok(l("source_workload")) && !is_ok(l("source_canonical_service"))
+            || is_ok(source_ns) && s.labels.contains_key("source_cluster") && !is_ok(source_cluster)
+        {
+            skipped.push(format!("bad source telemetry: {:?}", s.labels));
+            continue;
+        }
+        // util.HandleDestination: an unknown destination cluster is taken to be the source's.
+        let dest_svc_ns = l("destination_service_namespace");
+        if !is_ok(dest_cluster) && is_ok(source_cluster) && is_ok(dest_svc_ns) {
+            dest_cluster = source_cluster;
+        }
+        // util.IsBadDestTelemetry, case 2 (case 1 needs an IP address as service name)
+        if is_ok(dest_svc_ns) && s.labels.contains_key("destination_cluster") && !is_ok(dest_cluster) {
+            skipped.push(format!("bad destination telemetry: {:?}", s.labels));
+            continue;
+        }
+        // util.HandleResponseCode
+        let code = match l("response_code") {
+            "0" => "-",
+            http if l("request_protocol") != "grpc"
+                || http.starts_with('4')
+                || http.starts_with('5')
+                || !s.labels.contains_key("grpc_response_status") =>
+            {
+                http
+            }
+            _ => l("grpc_response_status"),
+        };
+        let source = kiali_node_id(
+            source_cluster,
+            source_ns,
+            "",
+            source_ns,
+            l("source_workload"),
+            l("source_canonical_service"),
+        );
+        let dest = kiali_node_id(
+            dest_cluster,
+            dest_svc_ns,
+            l("destination_service_name"),
+            l("destination_workload_namespace"),
+            l("destination_workload"),
+            l("destination_canonical_service"),
+        );
+        match (source, dest) {
+            (Ok(source), Ok(dest)) => {
+                *edges
+                    .entry(Edge { source, dest, code: code.into(), flags: l("response_flags").into() })
+                    .or_insert(0.0) += s.value;
+            }
+            (source, dest) => skipped.push(format!("{source:?} -> {dest:?}: {:?}", s.labels)),
+        }
+    }
+    (edges, skipped)
+}
+
+fn show_edges(edges: &BTreeMap<Edge, f64>) -> String {
+    edges
+        .iter()
+        .map(|(e, rate)| format!("{} -> {} {} flags={} ({rate:.3}/s)", e.source, e.dest, e.code, e.flags))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// How a detail chart's series must look.
+#[derive(Clone, Copy)]
+enum Points {
+    /// > 0: traffic flows.
+    Positive,
+    /// a number (a duration of 0 ms is possible), not NaN.
+    Finite,
+}
+
+/// One of Kiali's charts: the query, and exactly the series it must draw (each a label set).
+struct Chart {
+    name: &'static str,
+    query: &'static str,
+    series: &'static [&'static [(&'static str, &'static str)]],
+    points: Points,
+}
+
+const fn chart(
+    name: &'static str,
+    query: &'static str,
+    series: &'static [&'static [(&'static str, &'static str)]],
+    points: Points,
+) -> Chart {
+    Chart { name, query, series, points }
+}
+
+const FROM_CURL: &[(&str, &str)] = &[("source_canonical_service", "curl"), ("source_workload_namespace", "frontend")];
+/// Inbound at echo's ztunnel the TCP peer is the waypoint, which opened the tunnel.
+const FROM_WAYPOINT: &[(&str, &str)] =
+    &[("source_canonical_service", "waypoint"), ("source_workload_namespace", "backend")];
+const TO_ECHO: &[(&str, &str)] =
+    &[("destination_canonical_service", "echo"), ("destination_workload_namespace", "backend")];
+/// curl's ztunnel tunnels to the waypoint, the TCP peer it reports.
+const TO_WAYPOINT: &[(&str, &str)] =
+    &[("destination_canonical_service", "waypoint"), ("destination_workload_namespace", "backend")];
+
+const CHARTS: &[Chart] = &[
+    chart("echo-v1 in: request_count", kiali::ECHO_V1_IN_REQUESTS, &[FROM_CURL], Points::Positive),
+    chart("echo-v1 in: request_error_count", kiali::ECHO_V1_IN_ERRORS, &[], Points::Positive),
+    chart("echo-v1 in: request_duration_millis avg", kiali::ECHO_V1_IN_DURATION_AVG, &[FROM_CURL], Points::Finite),
+    chart("echo-v1 in: request_duration_millis p95", kiali::ECHO_V1_IN_DURATION_P95, &[FROM_CURL], Points::Finite),
+    chart("echo-v1 in: request_size avg", kiali::ECHO_V1_IN_REQUEST_SIZE_AVG, &[FROM_CURL], Points::Positive),
+    chart("echo-v1 in: response_size avg", kiali::ECHO_V1_IN_RESPONSE_SIZE_AVG, &[FROM_CURL], Points::Positive),
+    chart("echo-v1 in: response_throughput", kiali::ECHO_V1_IN_RESPONSE_THROUGHPUT, &[FROM_CURL], Points::Positive),
+    chart("echo-v1 in: tcp_sent", kiali::ECHO_V1_IN_TCP_SENT, &[FROM_WAYPOINT], Points::Positive),
+    chart("echo-v1 in: tcp_received", kiali::ECHO_V1_IN_TCP_RECEIVED, &[FROM_WAYPOINT], Points::Positive),
+    chart("echo-v1 in: tcp_opened", kiali::ECHO_V1_IN_TCP_OPENED, &[FROM_WAYPOINT], Points::Positive),
+    chart("service echo in: request_count", kiali::ECHO_SVC_IN_REQUESTS, &[FROM_CURL], Points::Positive),
+    chart("service echo in: request_error_count", kiali::ECHO_SVC_IN_ERRORS, &[], Points::Positive),
+    chart(
+        "service echo in: request_duration_millis p95",
+        kiali::ECHO_SVC_IN_DURATION_P95,
+        &[FROM_CURL],
+        Points::Finite,
+    ),
+    // An HTTP/1.1 service: the message counters are for gRPC requests alone.
+    chart("service echo in: grpc_sent", kiali::ECHO_SVC_IN_GRPC_SENT, &[], Points::Positive),
+    chart("curl out: request_count", kiali::CURL_OUT_REQUESTS, &[TO_ECHO], Points::Positive),
+    chart("curl out: tcp_sent", kiali::CURL_OUT_TCP_SENT, &[TO_WAYPOINT], Points::Positive),
+    chart(
+        "ztunnel dashboard: connections by pod",
+        kiali::ZTUNNEL_CONNECTIONS_OPENED,
+        &[&[("pod", "ztunnel-k7x2p")], &[("pod", "ztunnel-m4q9z")]],
+        Points::Positive,
+    ),
+];
+
+/// The chart's series against what it must show. A series is drawn when its point is > 0
+/// (Positive) or a number (Finite): a peer that sent nothing in the interval reads 0 or NaN
+/// (0/0) and draws nothing.
+fn check_chart(chart: &Chart) -> Result<String> {
+    let got = prom(chart.query)?;
+    let want: BTreeSet<BTreeMap<String, String>> = chart
+        .series
+        .iter()
+        .map(|labels| labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        .collect();
+    let drawn: Vec<&Series> = got
+        .iter()
+        .filter(|s| match chart.points {
+            Points::Positive => s.value > 0.0,
+            Points::Finite => s.value.is_finite() && s.value >= 0.0,
+        })
+        .collect();
+    let seen: BTreeSet<BTreeMap<String, String>> = drawn.iter().map(|s| s.labels.clone()).collect();
+    ensure!(
+        seen == want && drawn.len() == want.len(),
+        "{}: draws {seen:?}, want {want:?} (all series: {got:?})",
+        chart.name
+    );
+    let values: Vec<String> = drawn.iter().map(|s| format!("{:.1}", s.value)).collect();
+    Ok(if drawn.is_empty() { format!("{} empty", chart.name) } else { format!("{} {}", chart.name, values.join("/")) })
+}
+
+impl Testbed {
+    /// Every scraped series carries the target labels of its pod (testbed/prometheus.yml).
+    fn target_labels(&self) -> Result<String> {
+        let combos = prom(
+            r#"count by (job, node, namespace, pod, app, gateway_networking_k8s_io_gateway_name) ({job=~"waypoint|eastwest-gateway|ztunnel"})"#,
+        )?;
+        let want: BTreeSet<BTreeMap<String, String>> = [
+            // Istio's waypoint template sets no app label; the Gateway's name instead.
+            &[
+                ("job", "waypoint"),
+                ("node", "waypoint"),
+                ("namespace", "backend"),
+                ("pod", "waypoint-6b8f9c7d54-x2k4q"),
+                ("gateway_networking_k8s_io_gateway_name", "waypoint"),
+            ][..],
+            &[
+                ("job", "eastwest-gateway"),
+                ("node", "eastwest-network-b"),
+                ("namespace", "istio-system"),
+                ("pod", "istio-eastwestgateway-7d5c8f9b6-q8w3n"),
+                ("app", "istio-eastwestgateway"),
+            ],
+            &[
+                ("job", "ztunnel"),
+                ("node", "node-a"),
+                ("namespace", "istio-system"),
+                ("pod", "ztunnel-k7x2p"),
+                ("app", "ztunnel"),
+            ],
+            &[
+                ("job", "ztunnel"),
+                ("node", "node-b"),
+                ("namespace", "istio-system"),
+                ("pod", "ztunnel-m4q9z"),
+                ("app", "ztunnel"),
+            ],
+        ]
+        .iter()
+        .map(|labels| labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        .collect();
+        let seen: BTreeSet<BTreeMap<String, String>> = combos.iter().map(|s| s.labels.clone()).collect();
+        ensure!(seen == want, "label sets of the scraped series:\n{seen:#?}\nwant:\n{want:#?}");
+        let counts: Vec<String> = combos.iter().map(|s| format!("{} {} series", s.label("pod"), s.value)).collect();
+        Ok(format!(
+            "every series of each target has its app/namespace/pod (waypoint: no app, as Istio's template): {}",
+            counts.join(", ")
+        ))
+    }
+
+    /// istio_build from the waypoint and both ztunnels, with their pods' labels; Kiali's
+    /// ztunnel dashboard reads the version from it.
+    fn istio_build(&self) -> Result<String> {
+        let proxy = prom(r#"istio_build{component="proxy",job="waypoint"}"#)?;
+        let waypoint = match proxy.as_slice() {
+            [one] => one,
+            _ => bail!("the waypoint's istio_build{{component=\"proxy\"}}: {proxy:?}"),
+        };
+        ensure!(
+            waypoint.value == 1.0
+                && !waypoint.label("tag").is_empty()
+                && waypoint.label("namespace") == "backend"
+                && waypoint.label("pod") == "waypoint-6b8f9c7d54-x2k4q",
+            "the waypoint's istio_build: {waypoint:?}"
+        );
+        let ztunnels = prom(r#"istio_build{component="ztunnel"}"#)?;
+        let pods: BTreeSet<&str> = ztunnels.iter().map(|s| s.label("pod")).collect();
+        ensure!(
+            pods == BTreeSet::from(["ztunnel-k7x2p", "ztunnel-m4q9z"]) && ztunnels.len() == 2,
+            "istio_build{{component=\"ztunnel\"}}: {ztunnels:?}"
+        );
+        let tags: BTreeSet<&str> = ztunnels.iter().map(|s| s.label("tag")).collect();
+        for s in &ztunnels {
+            ensure!(
+                s.value == 1.0
+                    && !s.label("tag").is_empty()
+                    && s.label("app") == "ztunnel"
+                    && s.label("namespace") == "istio-system",
+                "a ztunnel's istio_build: {s:?}"
+            );
+        }
+        let versions = prom(kiali::ZTUNNEL_VERSIONS)?;
+        let shown: BTreeSet<&str> = versions.iter().map(|s| s.label("tag")).collect();
+        ensure!(
+            shown == tags && versions.len() == 1 && versions.iter().all(|s| s.value == 2.0),
+            "Kiali's ztunnel versions {versions:?}, the ztunnels' tags {tags:?}"
+        );
+        Ok(format!(
+            "waypoint proxy tag {:?}; ztunnel tag {tags:?} on {}; Kiali's ztunnel versions: 2 x {shown:?}",
+            waypoint.label("tag"),
+            pods.into_iter().collect::<Vec<_>>().join(", "),
+        ))
+    }
+
+    /// Kiali's traffic graph of frontend + backend: the request edges it draws.
+    fn kiali_graph(&self) -> Result<String> {
+        let want = [
+            Edge::new("wl_cluster1_frontend_curl", "wl_cluster2_backend_echo-v1", "200", "-"),
+            Edge::new("wl_cluster1_frontend_curl", "wl_cluster2_backend_echo-v2", "200", "-"),
+        ];
+        let (edges, skipped) = wait_for("Kiali's graph edges", Duration::from_secs(15), || {
+            let mut series = Vec::new();
+            for query in [
+                kiali::GRAPH_BACKEND_UNSERVICED,
+                kiali::GRAPH_BACKEND_AMBIENT_IN,
+                kiali::GRAPH_BACKEND_IN,
+                kiali::GRAPH_FRONTEND_OUT,
+            ] {
+                series.extend(prom(query)?);
+            }
+            let (edges, skipped) = kiali_request_edges(&series);
+            let missing: Vec<&Edge> = want.iter().filter(|w| !edges.get(*w).is_some_and(|r| *r > 0.0)).collect();
+            ensure!(missing.is_empty(), "no edge {missing:?}; edges: {}", show_edges(&edges));
+            Ok((edges, skipped))
+        })?;
+        ensure!(skipped.is_empty(), "series Kiali would skip: {skipped:?}");
+        let nodes: BTreeSet<&str> = edges.keys().flat_map(|e| [e.source.as_str(), e.dest.as_str()]).collect();
+        let unknown: Vec<&&str> = nodes.iter().filter(|n| n.contains("unknown")).collect();
+        ensure!(unknown.is_empty(), "unknown nodes {unknown:?}; edges: {}", show_edges(&edges));
+        Ok(format!("nodes {}; edges: {}", nodes.into_iter().collect::<Vec<_>>().join(", "), show_edges(&edges)))
+    }
+
+    /// Ambient traffic "total" shows ztunnel's TCP series, "waypoint" filters them out with
+    /// app!="ztunnel"; the security-policy appender finds curl's mTLS in ztunnel's own series
+    /// (app="ztunnel") and in the waypoint's requests.
+    fn kiali_ambient(&self) -> Result<String> {
+        wait_for("Kiali's ambient queries", Duration::from_secs(10), || {
+            let total = prom(kiali::GRAPH_TCP_BACKEND_IN_TOTAL)?;
+            let from_ztunnel: BTreeSet<String> = total
+                .iter()
+                .filter(|s| s.label("app") == "ztunnel")
+                .map(|s| format!("{}->{}", s.label("source_workload"), s.label("destination_workload")))
+                .collect();
+            ensure!(
+                from_ztunnel == BTreeSet::from(["waypoint->echo-v1".to_owned(), "waypoint->echo-v2".to_owned()]),
+                "TCP into backend, ambient total: {total:?}"
+            );
+            let waypoint_only = prom(kiali::GRAPH_TCP_BACKEND_IN_WAYPOINT)?;
+            ensure!(
+                waypoint_only.iter().all(|s| s.label("app") != "ztunnel"),
+                "app!=\"ztunnel\" let ztunnel series through: {waypoint_only:?}"
+            );
+            let ztunnel_mtls = prom(kiali::MTLS_ZTUNNEL_FRONTEND)?;
+            ensure!(!ztunnel_mtls.is_empty(), "no app=\"ztunnel\" source series from frontend");
+            for s in &ztunnel_mtls {
+                ensure!(
+                    s.label("source_workload") == "curl"
+                        && s.label("source_principal") == "spiffe://cluster.local/ns/frontend/sa/curl"
+                        && s.label("destination_principal") == "spiffe://cluster.local/ns/backend/sa/waypoint"
+                        && s.label("connection_security_policy") == "mutual_tls",
+                    "ztunnel's mTLS series: {:?}",
+                    s.labels
+                );
+            }
+            // Requests that reached echo (failed ones, if any, have no destination workload).
+            let requests: Vec<Series> = prom(kiali::MTLS_BACKEND_REQUESTS_IN)?
+                .into_iter()
+                .filter(|s| s.label("destination_workload").starts_with("echo-"))
+                .collect();
+            let into: BTreeSet<&str> = requests.iter().map(|s| s.label("destination_workload")).collect();
+            ensure!(into == BTreeSet::from(["echo-v1", "echo-v2"]), "requests into backend: {requests:?}");
+            for s in &requests {
+                ensure!(
+                    s.label("source_principal") == "spiffe://cluster.local/ns/frontend/sa/curl"
+                        && s.label("destination_principal") == "spiffe://cluster.local/ns/backend/sa/echo"
+                        && s.label("connection_security_policy") == "mutual_tls",
+                    "the waypoint's mTLS series: {:?}",
+                    s.labels
+                );
+            }
+            Ok(format!(
+                "ambient total: TCP {} from ztunnel (app=\"ztunnel\"); ambient waypoint: {} series, none from ztunnel; \
+                 ztunnel branch: {} mutual_tls series curl -> waypoint; requests curl -> echo-v1, echo-v2 mutual_tls",
+                from_ztunnel.into_iter().collect::<Vec<_>>().join(", "),
+                waypoint_only.len(),
+                ztunnel_mtls.len()
+            ))
+        })
+    }
+
+    /// gRPC calls from curl to grpc-echo (h2c through both ztunnels, the waypoint and the
+    /// gateway), spread over a few scrapes: Kiali's charts of service grpc-echo show requests
+    /// and messages both ways, no errors; the waypoint's counters match the calls exactly.
+    fn kiali_grpc(&self) -> Result<String> {
+        let out = docker(&[
+            "exec",
+            CLIENT,
+            "mesh-app",
+            "grpc",
+            "--mesh",
+            "/etc/mesh/mesh.json",
+            "--workload",
+            &self.client_workload,
+            "--service",
+            "grpc-echo.backend.svc.cluster.local:50051",
+            "--connections",
+            "6",
+            "--calls",
+            "3",
+            "--replies",
+            "3",
+            "--pause-ms",
+            "1000",
+            "--timeout-ms",
+            "20000",
+        ])?;
+        let summary: Value = serde_json::from_str(out.trim()).with_context(|| format!("gRPC summary {out}"))?;
+        let count = |key: &str| summary.get(key).and_then(Value::as_u64).unwrap_or(0);
+        ensure!(
+            count("unary_ok") == 18 && count("stream_ok") == 18 && count("replies") == 54 && count("failed") == 0,
+            "6 connections x 3 unary + 3 streaming calls of 3 replies: {summary}"
+        );
+        // 18 unary + 18 streaming calls: 36 requests of one message each; 18 + 54 replies.
+        // Counts and charts both judged, so that one failing does not hide the other.
+        let exact = wait_for("the waypoint's gRPC counters", Duration::from_secs(10), || {
+            let total = |metric: &str| -> Result<f64> {
+                let q = format!(
+                    r#"sum({metric}{{job="waypoint",reporter="waypoint",destination_service_name="grpc-echo"}})"#
+                );
+                Ok(prom(&q)?.first().map_or(0.0, |s| s.value))
+            };
+            let (requests, sent, received) = (
+                total("istio_requests_total")?,
+                total("istio_request_messages_total")?,
+                total("istio_response_messages_total")?,
+            );
+            ensure!(
+                requests == 36.0 && sent == 36.0 && received == 72.0,
+                "requests {requests}, request messages {sent}, response messages {received}; want 36, 36, 72"
+            );
+            Ok(format!("{requests} requests, {sent} request and {received} response messages"))
+        });
+        let labels =
+            prom(r#"istio_requests_total{job="waypoint",reporter="waypoint",destination_service_name="grpc-echo"}"#)?;
+        for s in &labels {
+            ensure!(
+                s.label("request_protocol") == "grpc"
+                    && s.label("response_code") == "200"
+                    && s.label("grpc_response_status") == "0"
+                    && s.label("source_workload") == "curl"
+                    && s.label("destination_cluster") == "cluster2"
+                    && s.label("destination_workload").starts_with("echo-"),
+                "a gRPC series at the waypoint: {:?}",
+                s.labels
+            );
+        }
+        let charts = [
+            chart("grpc-echo in: request_count", kiali::GRPC_SVC_IN_REQUESTS, &[FROM_CURL], Points::Positive),
+            chart("grpc-echo in: request_error_count", kiali::GRPC_SVC_IN_ERRORS, &[], Points::Positive),
+            chart("grpc-echo in: grpc_sent", kiali::GRPC_SVC_IN_GRPC_SENT, &[FROM_CURL], Points::Positive),
+            chart("grpc-echo in: grpc_received", kiali::GRPC_SVC_IN_GRPC_RECEIVED, &[FROM_CURL], Points::Positive),
+        ];
+        let shown = wait_for("Kiali's gRPC charts", Duration::from_secs(10), || {
+            charts.iter().map(check_chart).collect::<Result<Vec<String>>>()
+        });
+        match (exact, shown) {
+            (Ok(exact), Ok(shown)) => {
+                Ok(format!("{exact} (grpc, grpc_response_status 0, into cluster2); {}", shown.join("; ")))
+            }
+            (exact, shown) => bail!(
+                "counters: {}; charts: {}",
+                exact.unwrap_or_else(|e| format!("FAIL {e:#}")),
+                shown.map(|s| s.join("; ")).unwrap_or_else(|e| format!("FAIL {e:#}"))
+            ),
+        }
+    }
+
+    /// The detail pages' charts (CHARTS) for the testbed's workloads and service.
+    fn kiali_charts(&self) -> Result<String> {
+        wait_for("Kiali's charts", Duration::from_secs(10), || {
+            let mut shown = Vec::new();
+            for chart in CHARTS {
+                shown.push(check_chart(chart)?);
+            }
+            Ok(shown.join("; "))
+        })
+    }
+
+    /// While ztunnel-b is down: the 503s as Kiali's backend graph reads them (queries 0 and 2)
+    /// end at service echo in cluster2, and service echo's error chart in cluster2 has them.
+    fn kiali_outage(&self) -> Result<String> {
+        let failed = wait_for("503s in Kiali's graph queries", Duration::from_secs(20), || {
+            let mut series = prom(kiali::GRAPH_BACKEND_UNSERVICED)?;
+            series.extend(prom(kiali::GRAPH_BACKEND_IN)?);
+            let failed: Vec<Series> = series.into_iter().filter(|s| s.label("response_code") == "503").collect();
+            ensure!(!failed.is_empty(), "no 503 series in Kiali's graph queries for backend");
+            Ok(failed)
+        })?;
+        let (edges, skipped) = kiali_request_edges(&failed);
+        ensure!(skipped.is_empty(), "503 series Kiali would skip: {skipped:?}");
+        let raw: BTreeSet<String> = failed
+            .iter()
+            .map(|s| {
+                format!(
+                    "destination_cluster={:?} destination_workload_namespace={:?}",
+                    s.label("destination_cluster"),
+                    s.label("destination_workload_namespace")
+                )
+            })
+            .collect();
+        for e in edges.keys() {
+            ensure!(
+                e.source == "wl_cluster1_frontend_curl" && e.dest == "svc_cluster2_backend_echo",
+                "503s drawn as {} -> {}, want wl_cluster1_frontend_curl -> svc_cluster2_backend_echo (series: {raw:?})",
+                e.source,
+                e.dest
+            );
+        }
+        let chart = wait_for("503s in service echo's error chart", Duration::from_secs(20), || {
+            let errors = prom(kiali::ECHO_SVC_IN_ERRORS)?;
+            let from_curl = errors.iter().find(|s| {
+                s.label("source_canonical_service") == "curl" && s.label("source_workload_namespace") == "frontend"
+            });
+            ensure!(from_curl.is_some_and(|s| s.value > 0.0), "service echo's error chart in cluster2: {errors:?}");
+            Ok(from_curl.map(|s| s.value).unwrap_or(0.0))
+        })?;
+        Ok(format!("edges {}; service echo's error chart (cluster2): {chart:.1}/s from curl", show_edges(&edges)))
     }
 }

@@ -328,6 +328,9 @@ fn grpc_messages(bytes: &[u8]) -> Option<(u64, u64)> {
     if let Some((requests, responses)) = std::str::from_utf8(bytes).ok().and_then(|text| text.split_once(',')) {
         return Some((requests.trim().parse().ok()?, responses.trim().parse().ok()?));
     }
+    if bytes.is_empty() {
+        return None;
+    }
     let (mut requests, mut responses) = (0, 0);
     let mut rest = bytes;
     while !rest.is_empty() {

@@ -2,10 +2,17 @@
 //! small binary so that the mesh image needs nothing else.
 //!
 //! ```text
-//! mesh-app echo   --mesh FILE --workload NAME [--listen ADDR]
+//! mesh-app echo   --mesh FILE --workload NAME [--listen ADDR] [--grpc-port PORT]
 //!     the echo server of apps.rs on the pod's address and its service's target port
 //!     (or ADDR); one JSON line per request on stdout:
 //!     {"workload", "path", "baggage", "peer_metadata_leaked"}
+//!     with --grpc-port also grpc.rs's tonic server on <pod address>:PORT, one JSON line
+//!     per call {"workload", "grpc", "http"}
+//! mesh-app grpc   --mesh FILE --workload NAME --service HOST:PORT [--connections 4] [--calls 5] [--replies 3] [--pause-ms 0]
+//!     per connection (h2c, through the workload's outbound listener for HOST:PORT; PAUSE
+//!     between connections) CALLS unary calls and CALLS server-streaming calls of REPLIES
+//!     messages; one JSON summary
+//!     {"unary_ok", "stream_ok", "replies", "failed", "errors": [first few]}
 //! mesh-app client --mesh FILE --workload NAME [--entry ADDR] [--baggage B] [--interval-ms 200] [--timeout-ms 5000]
 //!     a steady trickle, forever: one GET on a new connection per interval, with the
 //!     app's own W3C `baggage`; one JSON line per request {"n", "status", "workload", "error", "ms"}
@@ -33,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use harness::apps;
+use harness::grpc::{GrpcClient, GrpcServer};
 use harness::http::Connection;
 use harness::traffic::service_host;
 use host_shim::config::Mesh;
@@ -53,12 +61,36 @@ async fn main() -> anyhow::Result<()> {
     match command.as_str() {
         "echo" => {
             let workload = flags.string("workload")?;
+            let mesh = if flags.named.contains_key("mesh") { Some(flags.mesh()?) } else { None };
+            let mesh_file = || mesh.as_ref().ok_or_else(|| anyhow!("--mesh is required"));
             let listen = if flags.named.contains_key("listen") {
                 flags.addr("listen")?
             } else {
-                pod_listen(&flags.mesh()?, &workload)?
+                pod_listen(mesh_file()?, &workload)?
             };
-            echo(listen, &workload).await
+            let grpc = if flags.named.contains_key("grpc-port") {
+                Some(grpc_listen(mesh_file()?, &workload, flags.number("grpc-port")?)?)
+            } else {
+                None
+            };
+            echo(listen, grpc, &workload).await
+        }
+        "grpc" => {
+            let mesh = flags.mesh()?;
+            let workload = flags.string("workload")?;
+            let service = flags.string("service")?;
+            let entry = outbound_to(&mesh, &workload, &service)?;
+            let (host, port) =
+                service.rsplit_once(':').ok_or_else(|| anyhow!("--service {service:?} is not HOST:PORT"))?;
+            let port: u16 = port.parse().with_context(|| format!("--service {service:?}: port"))?;
+            let plan = GrpcPlan {
+                connections: flags.number_or("connections", 4)?.max(1),
+                calls: flags.number_or("calls", 5)?,
+                replies: flags.number_or("replies", 3)? as u32,
+                pause: flags.millis_or("pause-ms", 0)?,
+                timeout: flags.millis_or("timeout-ms", 10_000)?,
+            };
+            grpc_calls(entry, host, port, plan).await
         }
         "client" => {
             let entry = flags.entry()?;
@@ -111,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        other => bail!("unknown command {other:?}: echo, client, burst, probe, identities or pods"),
+        other => bail!("unknown command {other:?}: echo, client, burst, grpc, probe, identities or pods"),
     }
 }
 
@@ -120,6 +152,23 @@ fn pod_listen(mesh: &Mesh, workload: &str) -> anyhow::Result<SocketAddr> {
     let w = mesh.workload(workload).ok_or_else(|| anyhow!("no workload {workload:?} in the mesh file"))?;
     let service = mesh.services_of(w).next().ok_or_else(|| anyhow!("workload {workload:?} backs no service"))?;
     Ok(SocketAddr::new(w.address, service.target_port))
+}
+
+/// Where a server pod's gRPC app listens: its address, on `port`.
+fn grpc_listen(mesh: &Mesh, workload: &str, port: usize) -> anyhow::Result<SocketAddr> {
+    let w = mesh.workload(workload).ok_or_else(|| anyhow!("no workload {workload:?} in the mesh file"))?;
+    let port = u16::try_from(port).with_context(|| format!("--grpc-port {port}"))?;
+    Ok(SocketAddr::new(w.address, port))
+}
+
+/// The outbound listener of `workload` whose destination is `service` (HOST:PORT).
+fn outbound_to(mesh: &Mesh, workload: &str, service: &str) -> anyhow::Result<SocketAddr> {
+    let w = mesh.workload(workload).ok_or_else(|| anyhow!("no workload {workload:?} in the mesh file"))?;
+    w.outbound
+        .iter()
+        .find(|o| o.destination == service)
+        .map(|o| o.listen)
+        .ok_or_else(|| anyhow!("workload {workload:?} has no outbound listener for {service:?}"))
 }
 
 /// `--name value` pairs and at most one positional argument.
@@ -191,17 +240,28 @@ impl Flags {
     }
 }
 
-/// The echo server, with what it received printed as it arrives.
-async fn echo(listen: SocketAddr, workload: &str) -> anyhow::Result<()> {
+/// The echo server (and the gRPC one on `grpc`), with what they received printed as it arrives.
+async fn echo(listen: SocketAddr, grpc: Option<SocketAddr>, workload: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     println!("{}", json!({ "event": "listening", "workload": workload, "address": listen }));
+    let grpc_server = match grpc {
+        Some(address) => {
+            let server = GrpcServer::start(workload, address).await.with_context(|| format!("gRPC on {address}"))?;
+            println!("{}", json!({ "event": "listening", "workload": workload, "grpc_address": address }));
+            Some(server)
+        }
+        None => None,
+    };
+    let mut grpc_logged = 0;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let server = tokio::spawn(apps::serve(listener, workload.to_owned(), seen.clone()));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
         let batch = seen.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
-        if batch.is_empty() {
+        let calls = grpc_server.as_ref().map(GrpcServer::seen).unwrap_or_default();
+        let new_calls = calls.get(grpc_logged..).unwrap_or_default();
+        if batch.is_empty() && new_calls.is_empty() {
             if server.is_finished() {
                 bail!("the echo server stopped");
             }
@@ -215,8 +275,75 @@ async fn echo(listen: SocketAddr, workload: &str) -> anyhow::Result<()> {
             });
             writeln!(out, "{line}")?;
         }
+        for call in new_calls {
+            writeln!(
+                out,
+                "{}",
+                json!({ "workload": workload, "grpc": call.path, "http": format!("{:?}", call.version) })
+            )?;
+        }
+        grpc_logged = calls.len();
         out.flush()?;
     }
+}
+
+struct GrpcPlan {
+    connections: usize,
+    calls: usize,
+    replies: u32,
+    pause: Duration,
+    timeout: Duration,
+}
+
+/// `plan.connections` gRPC connections, one after another (`plan.pause` apart), each with
+/// its unary and server-streaming calls; all of it within `plan.timeout`.
+async fn grpc_calls(entry: SocketAddr, host: &str, port: u16, plan: GrpcPlan) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (mut unary_ok, mut stream_ok, mut replies, mut failed) = (0usize, 0usize, 0usize, 0usize);
+    let mut errors = Vec::new();
+    let mut note = |errors: &mut Vec<String>, e: String| {
+        failed += 1;
+        if errors.len() < 5 {
+            errors.push(e);
+        }
+    };
+    let all = async {
+        for c in 0..plan.connections {
+            if c > 0 {
+                tokio::time::sleep(plan.pause).await;
+            }
+            let mut client = match GrpcClient::connect(entry, host, port).await {
+                Ok(client) => client,
+                Err(e) => {
+                    note(&mut errors, format!("connection {c}: {e}"));
+                    continue;
+                }
+            };
+            for n in 0..plan.calls {
+                match client.unary(&format!("unary {c}/{n}"), 0).await {
+                    Ok(_) => unary_ok += 1,
+                    Err(e) => note(&mut errors, format!("unary {c}/{n}: {e}")),
+                }
+                match client.stream(&format!("stream {c}/{n}"), plan.replies).await {
+                    Ok((got, _)) => {
+                        stream_ok += 1;
+                        replies += got.len();
+                    }
+                    Err(e) => note(&mut errors, format!("stream {c}/{n}: {e}")),
+                }
+            }
+        }
+    };
+    let timed_out = tokio::time::timeout(plan.timeout, all).await.is_err();
+    if timed_out {
+        errors.push(format!("not done within {:?}", plan.timeout));
+    }
+    let summary = json!({
+        "unary_ok": unary_ok, "stream_ok": stream_ok, "replies": replies, "failed": failed,
+        "timed_out": timed_out, "errors": errors, "seconds": started.elapsed().as_secs_f64(),
+    });
+    println!("{summary}");
+    Ok(())
 }
 
 /// What one request through the mesh came to.
