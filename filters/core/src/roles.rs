@@ -156,6 +156,8 @@ pub struct RequestState {
     endpoint_peer: u32,
     /// `None` until the response headers name it.
     service: Option<u32>,
+    /// The peer ids above are held (so never freed) until the stream is done.
+    released: bool,
 }
 
 /// main_internal: one instance per inner HTTP request.
@@ -191,6 +193,7 @@ impl Stats {
             inner_legacy: inner_legacy.unwrap_or_default(),
         };
         state.source = self.downstream_peer(&downstream, host, worker);
+        worker.hold(state.source);
     }
 
     /// Reads the status, the service, the endpoint, and binds the destination while its
@@ -208,6 +211,7 @@ impl Stats {
         if let Some(raw) = find_header(&headers, ENDPOINT_HEADER).filter(|raw| !raw.is_empty()) {
             let max = self.config.limits.max_value_bytes;
             state.endpoint_peer = worker.endpoint_peer(raw, host, |raw| endpoint::decode(raw, max).unwrap_or_default());
+            worker.hold(state.endpoint_peer);
         }
         let Some(x) = find_header(&headers, UPSTREAM_CONNECTION_HEADER).and_then(parse_u64) else { return };
         state.tunnel_peer = match worker.tunnels.carrier_of(x) {
@@ -218,6 +222,7 @@ impl Stats {
                 0
             }
         };
+        worker.hold(state.tunnel_peer);
     }
 
     pub fn on_response_trailers(&self, host: &impl Host, worker: &mut Worker, state: &mut RequestState) {
@@ -230,6 +235,17 @@ impl Stats {
     }
 
     /// Stream end: emit the metrics.
+    /// The stream is gone: the peers it held may be freed again. Idempotent, so the
+    /// adapter calls it from both `on_log` and `on_done`.
+    pub fn on_done(&self, worker: &mut Worker, state: &mut RequestState) {
+        if !state.released {
+            state.released = true;
+            for id in [state.source, state.endpoint_peer, state.tunnel_peer] {
+                worker.release(id);
+            }
+        }
+    }
+
     pub fn on_log(&self, host: &impl Host, worker: &mut Worker, state: &RequestState) {
         let read = |worker: &mut Worker, path: &[&str]| counted(host.property(path), host, worker).flatten();
         let number = |worker: &mut Worker, path: &[&str]| read(worker, path).and_then(|b| le_u64(&b)).unwrap_or(0);
@@ -246,6 +262,7 @@ impl Stats {
         // A request that reached no tunnel has only the endpoint Envoy picked for it.
         let tunnel_peer = if response_flags::no_upstream_reached(response_flags) { 0 } else { state.tunnel_peer };
         let destination = worker.destination(tunnel_peer, state.endpoint_peer, host);
+        worker.hold(destination);
         let (grpc_status, messages) = if state.grpc {
             let status = state.grpc_status.or_else(|| labels::grpc_status_from_http(state.response_code));
             (status, read(worker, &["filter_state", GRPC_STATS_FILTER_STATE]).and_then(|b| grpc_messages(&b)))
@@ -268,6 +285,7 @@ impl Stats {
         if worker.record(&observation, host).is_err() {
             worker.count(ErrorReason::HostCall, host);
         }
+        worker.release(destination);
     }
 
     fn service(&self, cluster: &[u8], host: &impl Host, worker: &mut Worker) -> u32 {

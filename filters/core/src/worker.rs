@@ -347,6 +347,8 @@ pub struct Worker {
     series: HashMap<SeriesKey, SeriesIds>,
     max_series: usize,
     error_ids: [Option<u32>; ErrorReason::ALL.len()],
+    /// Peers held by requests in flight, with how many hold each: never freed meanwhile.
+    held: HashMap<u32, u32>,
 }
 
 impl Worker {
@@ -362,6 +364,23 @@ impl Worker {
             series: HashMap::new(),
             max_series: limits.max_label_sets,
             error_ids: [None; ErrorReason::ALL.len()],
+            held: HashMap::new(),
+        }
+    }
+
+    /// A request in flight uses peer `id`: it stays until [`Worker::release`].
+    pub fn hold(&mut self, id: u32) {
+        if id != 0 {
+            *self.held.entry(id).or_default() += 1;
+        }
+    }
+
+    pub fn release(&mut self, id: u32) {
+        if let Some(count) = self.held.get_mut(&id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.held.remove(&id);
+            }
         }
     }
 
@@ -407,7 +426,7 @@ impl Worker {
         }
     }
 
-    /// Frees the peers that no series, tunnel or cache names any more, so a one-off
+    /// Frees the peers that no series, tunnel, cache or request in flight names any more, so a one-off
     /// flood does not hold slots until restart. Runs only when the table is full.
     fn collect_unused_peers(&mut self) -> usize {
         let mut live: HashSet<u32> = HashSet::new();
@@ -416,6 +435,7 @@ impl Worker {
             live.insert(key.destination);
         }
         live.extend(self.tunnels.peers());
+        live.extend(self.held.keys().copied());
         live.extend(self.downstream_cache.values().copied());
         live.extend(self.endpoint_cache.values().copied());
         for ((tunnel, endpoint), destination) in &self.destination_cache {

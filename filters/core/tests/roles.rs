@@ -652,3 +652,33 @@ fn past_the_series_cap_principal_and_namespace_stay() {
         assert!(name.contains(";source_workload_namespace=frontend;"), "{name}");
     }
 }
+
+#[test]
+fn a_request_in_flight_keeps_its_peer_while_a_flood_frees_slots() {
+    let config = config(r#"{"limits": {"max_label_sets": 4}}"#);
+    let mut worker = Worker::new(&config.limits);
+    let stats = Stats::new(config);
+    let response = [(":status", "200"), ("x-wp-service", CLUSTER)];
+    let in_flight = FakeHost::default()
+        .with(HeaderMap::Request, &headers(&downstream(CLIENT_SAN, CLIENT_BAGGAGE, "")))
+        .with(HeaderMap::Response, &response);
+    let mut slow = RequestState::default();
+    stats.on_request_headers(&in_flight, &mut worker, &mut slow);
+    // While it runs, one identity claims 200 workloads: the tables fill and are freed again and again.
+    for n in 0..200 {
+        let peer = downstream("spiffe://cluster.local/ns/attack/sa/flood", &format!("k8s.deployment.name=app-{n}"), "");
+        let host = FakeHost::default().with(HeaderMap::Request, &headers(&peer)).with(HeaderMap::Response, &response);
+        let mut state = RequestState::default();
+        stats.on_request_headers(&host, &mut worker, &mut state);
+        stats.on_response_headers(&host, &mut worker, &mut state);
+        stats.on_log(&host, &mut worker, &state);
+        stats.on_done(&mut worker, &mut state);
+    }
+    stats.on_response_headers(&in_flight, &mut worker, &mut slow);
+    stats.on_log(&in_flight, &mut worker, &slow);
+    let defined = in_flight.defined.borrow();
+    let name = defined.iter().map(|(_, n)| n.as_str()).find(|n| n.starts_with("istio_requests_total;"));
+    let name = name.expect("the request in flight defines its own series");
+    assert!(name.contains(&format!(";source_principal={CLIENT_SAN};")), "{name}");
+    assert!(name.contains(";source_workload_namespace=frontend;"), "{name}");
+}

@@ -119,8 +119,10 @@ enum Filter {
 
 impl Context for Filter {
     fn on_done(&mut self) -> bool {
-        if let Filter::Upstream { role, tunnel: Some(tunnel) } = self {
-            with_worker(|worker| role.on_done(worker, *tunnel));
+        match self {
+            Filter::Upstream { role, tunnel: Some(tunnel) } => with_worker(|worker| role.on_done(worker, *tunnel)),
+            Filter::Stats { role, state } => with_worker(|worker| role.on_done(worker, state)),
+            Filter::Downstream(_) | Filter::Upstream { tunnel: None, .. } => {}
         }
         true
     }
@@ -159,7 +161,10 @@ impl HttpContext for Filter {
 
     fn on_log(&mut self) {
         if let Filter::Stats { role, state } = self {
-            with_worker(|worker| role.on_log(&Envoy, worker, state));
+            with_worker(|worker| {
+                role.on_log(&Envoy, worker, state);
+                role.on_done(worker, state);
+            });
         }
     }
 }
