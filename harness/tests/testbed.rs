@@ -72,6 +72,8 @@ fn testbed() {
     report.check("Kiali graph, ambient: app!=\"ztunnel\" filter and the ztunnel mTLS branch", tb.kiali_ambient());
     report.check("gRPC through the mesh: Kiali's gRPC charts, exact message counts", tb.kiali_grpc());
     report.check("Kiali detail charts: workload echo-v1, service echo, workload curl", tb.kiali_charts());
+    report.check("Grafana dashboards: every panel's query, the testbed's workloads set", dashboards());
+    report.check("the traffic picture from Prometheus: curl (cluster1) -> echo-v1, echo-v2 (cluster2)", picture());
     report.check("isolation: network-a cannot reach network-b", tb.isolation());
     report.check("load spread over new connections", tb.load_spread());
     let mut kiali_outage = None;
@@ -88,6 +90,55 @@ fn testbed() {
     report.check("east-west gateway never sees inner baggage", tb.gateway_privacy());
     report.check("no crash loops, nothing restarted but what the test did", tb.no_crash_loops());
     report.finish(started);
+}
+
+// ------------------------------------------------------------------ dashboards and picture
+
+/// Every panel of dashboards/*.json run against the testbed's Prometheus with the variables
+/// set to its workloads (after the gRPC calls, so the gRPC panels have data): each returns
+/// series, or its description says why it cannot have data in the testbed.
+fn dashboards() -> Result<String> {
+    let variables: BTreeMap<String, String> = [
+        ("reporter", "waypoint"),
+        ("cluster", "cluster2"),
+        ("namespace", "backend"),
+        ("workload", "echo-v1"),
+        ("service", "echo.backend.svc.cluster.local|grpc-echo.backend.svc.cluster.local"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let report = harness::dashboards::check_with(&variables, |query| {
+        prom(query).map(|series| series.into_iter().map(|s| s.labels).collect::<Vec<_>>())
+    })?;
+    let empty = report.unexplained_empty();
+    ensure!(empty.is_empty(), "{} panels without data or a reason:\n{}", empty.len(), report.summary());
+    let with_data = report.panels.iter().filter(|p| p.has_data()).count();
+    ensure!(with_data > report.panels.len() / 2, "only {with_data} of {} panels drew data", report.panels.len());
+    Ok(format!("{with_data} of {} panels drew data, the rest say why they cannot here", report.panels.len()))
+}
+
+/// The traffic picture drawn from the testbed's Prometheus, and its content checked.
+fn picture() -> Result<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mesh: Value = serde_json::from_str(&std::fs::read_to_string(root.join("testbed/mesh.json"))?)?;
+    let graph = harness::graph::TrafficGraph::from_prometheus_with(Duration::from_secs(60), |query| {
+        prom(query).map(|series| {
+            series
+                .into_iter()
+                .map(|s| harness::prom::Sample { name: String::new(), labels: s.labels, value: s.value })
+                .collect::<Vec<_>>()
+        })
+    })?
+    .with_mesh_file(&mesh);
+    let (svg, _png) = graph.render(&root.join("target/testbed"), "traffic")?;
+    let text = std::fs::read_to_string(&svg)?;
+    for needle in
+        ["cluster1", "cluster2", "curl", "echo-v1", "echo-v2", "curl&#45;&gt;echo&#45;v1", "curl&#45;&gt;echo&#45;v2"]
+    {
+        ensure!(text.contains(needle), "{} lacks {needle:?}", svg.display());
+    }
+    Ok(format!("{} ({} edges)", svg.display(), graph.edges.len()))
 }
 
 // ------------------------------------------------------------------ report

@@ -1,9 +1,10 @@
 //! `make demo`: the two-network mesh on loopback, some traffic, and the
 //! waypoint's two-sided `istio_requests_total`, raw and as a table.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use harness::graph::TrafficGraph;
 use harness::prom;
 use harness::topology::Topology;
 use harness::traffic;
@@ -35,7 +36,22 @@ async fn run(topology: &Topology) -> anyhow::Result<()> {
          (each with its own application baggage), {SIDECAR_REQUESTS} from a sidecar-style client \
          (x-envoy-peer-metadata), {REQUESTS_PER_CLIENT} from curl to ratings in network-a"
     );
+    let started = Instant::now();
     let outcome = traffic::run_demo_load(topology, CLIENTS, REQUESTS_PER_CLIENT, SIDECAR_REQUESTS).await?;
+    // Each keep-alive client is one tunnel to one endpoint: more curl clients until curl
+    // reached every echo pod, so the picture has all of curl's edges.
+    let mut extra = 0;
+    while extra < 16 && !curl_reached_every_echo(topology) {
+        let more = traffic::client(
+            topology.plan.outbound(topology.plan.curl()),
+            REQUESTS_PER_CLIENT,
+            vec![("baggage".to_owned(), traffic::app_baggage(CLIENTS + 1 + extra))],
+        )
+        .await;
+        println!("  one more curl client: {} answered 200, {} failed", more.ok, more.failed);
+        extra += 1;
+    }
+    let traffic_ran = started.elapsed();
     println!("  {} requests answered 200, {} failed", outcome.ok, outcome.failed);
     // Histograms reach /stats/prometheus at the next stats flush (1 s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -87,6 +103,24 @@ async fn run(topology: &Topology) -> anyhow::Result<()> {
             leaked
         );
     }
+    // The picture: totals over how long the traffic ran (one scrape after it ended).
+    let mesh: serde_json::Value = std::fs::read_to_string(topology.dir.join("mesh.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let picture = TrafficGraph::from_exposition(&text, traffic_ran).with_mesh_file(&mesh);
+    let out = harness::topology::workspace_root().join("target/demo");
+    let (svg, png) = picture.render(&out, "traffic").context("drawing the traffic picture")?;
     println!("\nstopping everything");
+    println!("\nthe traffic picture (clusters, workloads, requests/s, error share, p99):");
+    println!("  {}", svg.display());
+    println!("  {}", png.display());
     Ok(())
+}
+
+fn curl_reached_every_echo(topology: &Topology) -> bool {
+    topology
+        .echo
+        .iter()
+        .all(|echo| echo.seen().iter().any(|s| s.baggage.as_deref().is_some_and(|b| b.starts_with("user=client-"))))
 }
