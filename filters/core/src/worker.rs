@@ -538,15 +538,16 @@ impl Worker {
                 ids
             }
         };
-        metrics.increment(ids.requests, 1)?;
-        metrics.record(ids.duration, obs.duration_ms)?;
-        metrics.record(ids.request_bytes, obs.request_bytes)?;
-        metrics.record(ids.response_bytes, obs.response_bytes)?;
+        // The request counter last: whoever sees the request counted (a scrape runs on
+        // another thread) also sees its messages.
         if let (Some((requests, responses)), Some((sent, received))) = (ids.messages, obs.messages) {
             metrics.increment(requests, i64::try_from(sent).unwrap_or(i64::MAX))?;
             metrics.increment(responses, i64::try_from(received).unwrap_or(i64::MAX))?;
         }
-        Ok(())
+        metrics.record(ids.duration, obs.duration_ms)?;
+        metrics.record(ids.request_bytes, obs.request_bytes)?;
+        metrics.record(ids.response_bytes, obs.response_bytes)?;
+        metrics.increment(ids.requests, 1)
     }
 
     /// Past the series limit a new label set keeps what certificates vouch for. Those
