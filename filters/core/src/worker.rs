@@ -539,15 +539,26 @@ impl Worker {
             }
         };
         // The request counter last: whoever sees the request counted (a scrape runs on
-        // another thread) also sees its messages.
+        // another thread) also sees its messages. Every call is made even if one fails, and
+        // Envoy refuses to add 0 to a counter, so empty message counts are skipped.
+        let mut first_error = Ok(());
+        let mut keep = |result: Result<(), HostError>| {
+            if first_error.is_ok() {
+                first_error = result;
+            }
+        };
         if let (Some((requests, responses)), Some((sent, received))) = (ids.messages, obs.messages) {
-            metrics.increment(requests, i64::try_from(sent).unwrap_or(i64::MAX))?;
-            metrics.increment(responses, i64::try_from(received).unwrap_or(i64::MAX))?;
+            for (id, count) in [(requests, sent), (responses, received)] {
+                if count > 0 {
+                    keep(metrics.increment(id, i64::try_from(count).unwrap_or(i64::MAX)));
+                }
+            }
         }
-        metrics.record(ids.duration, obs.duration_ms)?;
-        metrics.record(ids.request_bytes, obs.request_bytes)?;
-        metrics.record(ids.response_bytes, obs.response_bytes)?;
-        metrics.increment(ids.requests, 1)
+        keep(metrics.record(ids.duration, obs.duration_ms));
+        keep(metrics.record(ids.request_bytes, obs.request_bytes));
+        keep(metrics.record(ids.response_bytes, obs.response_bytes));
+        keep(metrics.increment(ids.requests, 1));
+        first_error
     }
 
     /// Past the series limit a new label set keeps what certificates vouch for. Those
