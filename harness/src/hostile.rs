@@ -428,6 +428,18 @@ pub async fn silent_tcp(address: SocketAddr, bound: Duration) -> Result<Lifetime
     Ok(until_closed(tcp, started, bound).await)
 }
 
+/// TCP and a completed TLS handshake with the mesh certificate, nothing more.
+async fn tls_connect(
+    address: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, HostileError> {
+    let tcp = TcpStream::connect(address).await.map_err(|e| HostileError::Connect(address, e))?;
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(tls::unused_server_name(), tcp)
+        .await
+        .map_err(|e| HostileError::Handshake(address, e))
+}
+
 /// A TLS handshake completed, then not even the HTTP/2 preface.
 pub async fn silent_tls(
     address: SocketAddr,
@@ -435,11 +447,7 @@ pub async fn silent_tls(
     bound: Duration,
 ) -> Result<Lifetime, HostileError> {
     let started = Instant::now();
-    let tcp = TcpStream::connect(address).await.map_err(|e| HostileError::Connect(address, e))?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(tls::unused_server_name(), tcp)
-        .await
-        .map_err(|e| HostileError::Handshake(address, e))?;
+    let stream = tls_connect(address, tls).await?;
     Ok(until_closed(stream, started, bound).await)
 }
 
@@ -450,11 +458,7 @@ pub async fn silent_h2(
     bound: Duration,
 ) -> Result<Lifetime, HostileError> {
     let started = Instant::now();
-    let tcp = TcpStream::connect(address).await.map_err(|e| HostileError::Connect(address, e))?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(tls::unused_server_name(), tcp)
-        .await
-        .map_err(|e| HostileError::Handshake(address, e))?;
+    let stream = tls_connect(address, tls).await?;
     let (_send, connection) = h2::client::handshake(stream).await?;
     let remaining = bound.saturating_sub(started.elapsed());
     Ok(match tokio::time::timeout(remaining, connection).await {
