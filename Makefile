@@ -38,9 +38,11 @@ demo: build
 
 test: build lint test-native test-wasm-engine testbed-test
 
-# Clippy on every crate, natively and for the wasm module's own target.
+# Clippy on every crate, natively and for the wasm module's own target; cargo deny on
+# the dependency graph (offline: advisories need the network).
 lint:
 	$(CARGO) clippy -q --workspace --all-targets -- -D warnings
+	$(CARGO) deny --offline check bans licenses sources
 	$(CARGO) clippy -q -p waypoint --target wasm32-wasip1 -- -D warnings
 
 # Unit, property, scenario (built .wasm in the mocked host) and Envoy interop tests.

