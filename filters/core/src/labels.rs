@@ -307,15 +307,17 @@ mod tests {
         let build = Series::build();
         assert_eq!((build.name(), build.label_names()), ("istio_build", &["component", "tag"][..]));
         assert_eq!(build.label_values().first(), Some(&"proxy"));
-        let labels = Labels::waypoint(&Peer::default(), &Peer::default(), &RoutedService::default(), &RequestFacts {
-            response_code: 200,
-            grpc: false,
-            grpc_status: None,
-            response_flags: "",
-        });
+        let labels = Labels::waypoint(
+            &Peer::default(),
+            &Peer::default(),
+            &RoutedService::default(),
+            &RequestFacts { response_code: 200, grpc: false, grpc_status: None, response_flags: "" },
+        );
         let values = labels.values();
         let name = Series::istio(REQUESTS_TOTAL, &values).stat_name();
         assert!(name.starts_with("istio_requests_total;reporter=waypoint;source_workload=unknown;"), "{name}");
-        assert!(name.ends_with(";response_code=200;grpc_response_status=;response_flags=-;connection_security_policy=none"));
+        assert!(
+            name.ends_with(";response_code=200;grpc_response_status=;response_flags=-;connection_security_policy=none")
+        );
     }
 }

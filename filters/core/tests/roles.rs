@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use waypoint_core::host::{HeaderMap, HostError, HostStatus, MetricKind, Metrics, Stream};
-use waypoint_core::labels::Series;
 use waypoint_core::labels::LABEL_NAMES;
+use waypoint_core::labels::Series;
 use waypoint_core::roles::{Downstream, RequestState, Stats, Upstream};
 use waypoint_core::worker::Worker;
 use waypoint_core::{PluginConfig, legacy};
