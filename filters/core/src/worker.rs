@@ -12,6 +12,7 @@ use crate::labels::{
 };
 use crate::peer::Peer;
 use crate::response_flags;
+use crate::stats::Observation;
 
 /// Why something degraded to `unknown` or was not recorded. Each reason is
 /// one series of `waypoint_errors_total{reason}`.
@@ -304,23 +305,6 @@ struct SeriesKey {
     grpc_status: Option<i32>,
 }
 
-/// One finished request, as the stats role hands it over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Observation {
-    pub source: u32,
-    pub destination: u32,
-    pub service: u32,
-    pub response_code: u32,
-    pub response_flags: u64,
-    pub grpc: bool,
-    pub grpc_status: Option<i32>,
-    pub duration_ms: u64,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    /// gRPC messages (request, response), when Envoy's grpc_stats counted them.
-    pub messages: Option<(u64, u64)>,
-}
-
 /// The per-worker state.
 #[derive(Debug)]
 pub struct Worker {
@@ -331,8 +315,8 @@ pub struct Worker {
     downstream_cache: HashMap<Vec<u8>, u32>,
     /// Raw endpoint metadata (the `x-wp-endpoint` values) already decoded.
     endpoint_cache: HashMap<Vec<u8>, u32>,
-    /// (tunnel peer, endpoint peer) to the destination peer they make together.
-    destination_cache: HashMap<(u32, u32), u32>,
+    /// (tunnel peer, endpoint peer, endpoint first) to the destination peer they make together.
+    destination_cache: HashMap<(u32, u32, bool), u32>,
     /// Raw cluster names (the `x-wp-service` values) already read.
     service_cache: HashMap<Vec<u8>, u32>,
     series: HashMap<SeriesKey, SeriesIds>,
@@ -428,7 +412,7 @@ impl Worker {
         live.extend(self.held.keys().copied());
         live.extend(self.downstream_cache.values().copied());
         live.extend(self.endpoint_cache.values().copied());
-        for ((tunnel, endpoint), destination) in &self.destination_cache {
+        for ((tunnel, endpoint, _), destination) in &self.destination_cache {
             live.extend([*tunnel, *endpoint, *destination]);
         }
         self.peers.retain(&live)
@@ -480,17 +464,18 @@ impl Worker {
     }
 
     /// The destination peer from what the tunnel learnt (its CONNECT 200 `baggage` and
-    /// TLS identity) and the endpoint metadata: baggage wins; without it the endpoint
-    /// metadata fills in, under the tunnel's identity, whose namespace wins.
-    pub fn destination(&mut self, tunnel: u32, endpoint: u32, metrics: &impl Metrics) -> u32 {
+    /// TLS identity) and the endpoint metadata: the tunnel's metadata wins unless
+    /// `endpoint_first`; the endpoint metadata is taken under the tunnel's identity,
+    /// whose namespace wins.
+    pub fn destination(&mut self, tunnel: u32, endpoint: u32, endpoint_first: bool, metrics: &impl Metrics) -> u32 {
         if endpoint == 0 {
             return tunnel;
         }
-        if let Some(id) = self.destination_cache.get(&(tunnel, endpoint)) {
+        if let Some(id) = self.destination_cache.get(&(tunnel, endpoint, endpoint_first)) {
             return *id;
         }
         let known = self.peers.get(tunnel).cloned().unwrap_or_default();
-        let id = if known.has_metadata() {
+        let id = if known.has_metadata() && !endpoint_first {
             tunnel
         } else {
             let mut peer = self.peers.get(endpoint).cloned().unwrap_or_default();
@@ -498,7 +483,7 @@ impl Worker {
             peer.pin_namespace();
             self.peer_id(peer, metrics)
         };
-        remember(&mut self.destination_cache, (tunnel, endpoint), id, self.max_series);
+        remember(&mut self.destination_cache, (tunnel, endpoint, endpoint_first), id, self.max_series);
         id
     }
 

@@ -552,6 +552,36 @@ fn response_baggage_wins_over_the_endpoint_metadata() {
 }
 
 #[test]
+fn the_configured_order_decides_between_the_destinations_baggage_and_its_endpoint_metadata() {
+    let endpoint_first = config(r#"{"upstream_discovery": ["endpoint_metadata", "baggage", "tls_identity"]}"#);
+    let host = one_request_with(
+        endpoint_first,
+        downstream(CLIENT_SAN, CLIENT_BAGGAGE, ""),
+        Some(SERVER_BAGGAGE),
+        SERVER_SAN,
+        &[],
+        &[(":status", "200"), ("x-wp-endpoint", "echo-v9;elsewhere;echo;v9;cluster9")],
+        0,
+    );
+    let (labels, _) = host.requests_total();
+    assert_eq!(labels["destination_workload"], "echo-v9");
+    assert_eq!(labels["destination_cluster"], "cluster9");
+    assert_eq!(labels["destination_principal"], SERVER_SAN, "under the tunnel's identity");
+    assert_eq!(labels["destination_workload_namespace"], "backend", "whose namespace wins");
+}
+
+#[test]
+fn without_tls_identity_in_the_list_no_principal_is_read() {
+    let no_identity = config(r#"{"downstream_discovery": ["baggage"], "upstream_discovery": ["baggage"]}"#);
+    let host = one_request(no_identity, downstream(CLIENT_SAN, CLIENT_BAGGAGE, ""), SERVER_BAGGAGE, &[]);
+    let (labels, _) = host.requests_total();
+    assert_eq!(labels["source_principal"], "unknown");
+    assert_eq!(labels["destination_principal"], "unknown");
+    assert_eq!(labels["source_workload"], "curl");
+    assert_eq!(labels["destination_workload"], "echo-v2");
+}
+
+#[test]
 fn a_request_that_reached_no_destination_names_its_cluster_from_the_endpoint() {
     const UF: u64 = 1 << 5;
     let host = one_request_with(
