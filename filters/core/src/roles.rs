@@ -1,110 +1,70 @@
-//! The three roles of the waypoint module, written against [`crate::host`]:
+//! The three roles of the waypoint module, each a composition of
+//! [`crate::discovery`], [`crate::propagation`] and [`crate::stats`], written
+//! against [`crate::host`]:
 //!
-//! - [`Downstream`] on connect_terminate: consumes the client's peer metadata
-//!   from the HBONE CONNECT and answers the CONNECT 200 with our own `baggage`.
+//! - [`Downstream`] on connect_terminate: removes the client's peer metadata from
+//!   the HBONE CONNECT and answers the CONNECT 200 with our own `baggage`.
 //! - [`Upstream`] on the tunnel cluster: sends our `baggage` on the upstream
-//!   CONNECT and binds the destination's `baggage` from the CONNECT 200 to the tunnel.
+//!   CONNECT and binds the destination the CONNECT 200 names to the tunnel.
 //! - [`Stats`] on main_internal: at stream end, emits the Istio metrics with
 //!   both peers' labels.
 //!
 //! Host calls are the cost that matters: the stats role reads each request's facts
 //! from the two header maps it reads anyway ([`crate::contract`] names the channels);
 //! only what is known at stream end (flags, duration, sizes, gRPC messages) is read
-//! as properties.
+//! on its own.
 
-use crate::baggage;
-use crate::config::PluginConfig;
+use crate::config::{Limits, PluginConfig};
 use crate::contract::{
-    DOWNSTREAM_BAGGAGE, DOWNSTREAM_LEGACY, DOWNSTREAM_SAN, ENDPOINT_HEADER, GRPC_STATS_FILTER_STATE, SERVICE_HEADER,
-    UPSTREAM_CONNECTION_HEADER,
+    DOWNSTREAM_BAGGAGE, DOWNSTREAM_LEGACY, DOWNSTREAM_SAN, ENDPOINT_HEADER, UPSTREAM_CONNECTION_HEADER,
 };
-use crate::endpoint;
-use crate::host::{HeaderMap, Host, find_header, le_u64};
-use crate::labels::{self, RoutedService};
-use crate::legacy;
-use crate::peer::{Decoded, Peer};
-use crate::response_flags;
-use crate::value;
-use crate::worker::{ErrorReason, Observation, TunnelState, Worker};
-
-const BAGGAGE: &str = "baggage";
-
-/// Our own identity as the `baggage` we propagate, when configured and enabled.
-fn own_baggage(config: &PluginConfig) -> Option<Vec<u8>> {
-    config.identity.as_ref().filter(|_| config.baggage_discovery).map(|peer| baggage::encode_envoy(peer).into_bytes())
-}
-
-/// Logs nothing, counts the failure: host errors must never stop traffic.
-fn counted<T>(result: Result<T, crate::host::HostError>, host: &impl Host, worker: &mut Worker) -> Option<T> {
-    result.map_err(|_| worker.count(ErrorReason::HostCall, host)).ok()
-}
+use crate::discovery::{Discovery, DownstreamParts, counted};
+use crate::host::{HeaderMap, Host, find_header};
+use crate::propagation::Propagation;
+use crate::stats::{self, Facts, StreamEnd};
+use crate::worker::{ErrorReason, TunnelState, Worker};
 
 /// connect_terminate: the HBONE CONNECT from the client's ztunnel.
 #[derive(Debug, Clone)]
 pub struct Downstream {
-    config: PluginConfig,
-    own_baggage: Option<Vec<u8>>,
+    discovery: Discovery,
+    propagation: Propagation,
 }
 
 impl Downstream {
     pub fn new(config: PluginConfig) -> Self {
-        Self { own_baggage: own_baggage(&config), config }
+        Self { propagation: Propagation::new(&config), discovery: config.downstream }
     }
 
     /// Removes the peer metadata headers we consume, so they are not routed on.
     pub fn on_connect_request(&self, host: &impl Host, worker: &mut Worker) {
-        let mut consumed: Vec<&str> = Vec::with_capacity(3);
-        if self.config.baggage_discovery {
-            consumed.push(BAGGAGE);
-        }
-        if self.config.legacy_discovery {
-            consumed.extend([legacy::HEADER, legacy::ID_HEADER]);
-        }
-        if consumed.is_empty() {
-            return;
-        }
-        let Some(headers) = counted(host.headers(HeaderMap::Request), host, worker) else { return };
-        for name in consumed {
-            if find_header(&headers, name).is_some() {
-                counted(host.remove_header(HeaderMap::Request, name), host, worker);
-            }
-        }
+        self.discovery.remove_from_connect(host, worker);
     }
 
-    /// Answers a successful CONNECT with our own `baggage` (errors never carry it).
     pub fn on_connect_response(&self, host: &impl Host, worker: &mut Worker) {
-        let Some(own) = &self.own_baggage else { return };
-        let status = counted(host.header(HeaderMap::Response, ":status"), host, worker).flatten();
-        if status.as_deref() == Some(b"200") {
-            counted(host.add_header(HeaderMap::Response, BAGGAGE, own), host, worker);
-        }
+        self.propagation.on_connect_response(host, worker);
     }
 }
 
 /// The tunnel cluster's upstream filter: one instance per CONNECT stream.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    config: PluginConfig,
-    own_baggage: Option<Vec<u8>>,
+    discovery: Discovery,
+    propagation: Propagation,
+    limits: Limits,
 }
 
 impl Upstream {
     pub fn new(config: PluginConfig) -> Self {
-        Self { own_baggage: own_baggage(&config), config }
+        Self { propagation: Propagation::new(&config), discovery: config.upstream, limits: config.limits }
     }
 
-    /// The CONNECT leaves: remember the tunnel by its connection id and
-    /// announce ourselves. Returns the id to pass to the later callbacks.
+    /// The CONNECT leaves: announce ourselves and remember the tunnel by its
+    /// connection id. Returns the id to pass to the later callbacks.
     pub fn on_connect_request(&self, host: &impl Host, worker: &mut Worker) -> Option<u64> {
-        if let Some(own) = &self.own_baggage {
-            counted(host.add_header(HeaderMap::Request, BAGGAGE, own), host, worker);
-        }
+        self.propagation.on_upstream_connect(host, worker);
         // Without its id the tunnel cannot be found again: its requests read `unknown`.
-        let id = match host.property(&["connection", "id"]) {
-            Ok(Some(bytes)) => le_u64(&bytes),
-            _ => None,
-        };
-        let Some(id) = id else {
+        let Ok(Some(id)) = host.connection_id() else {
             worker.count(ErrorReason::HostCall, host);
             return None;
         };
@@ -124,15 +84,7 @@ impl Upstream {
             worker.tunnels.answered(tunnel, TunnelState::Failed);
             return;
         }
-        let mut peer = Peer::default();
-        if self.config.baggage_discovery
-            && let Some(raw) = find_header(&headers, BAGGAGE)
-        {
-            peer = decode_baggage(raw, &self.config, host, worker);
-        }
-        let san = counted(host.property(&["upstream", "uri_san_peer_certificate"]), host, worker).flatten();
-        peer.principal = principal(san.as_deref().unwrap_or_default(), &self.config, host, worker);
-        pin_to_identity(&mut peer, host, worker);
+        let peer = self.discovery.tunnel_peer(&headers, &self.limits, host, worker);
         let id = worker.peer_id(peer, host);
         worker.tunnels.answered(tunnel, TunnelState::Established(id));
     }
@@ -146,16 +98,12 @@ impl Upstream {
 /// What the stats role learns about one request before it ends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestState {
-    grpc: bool,
+    facts: Facts,
     source: u32,
-    response_code: u32,
-    grpc_status: Option<i32>,
     /// The peer the carrying tunnel learnt, 0 when none.
     tunnel_peer: u32,
     /// The upstream host's endpoint metadata as a peer, 0 when none.
     endpoint_peer: u32,
-    /// `None` until the response headers name it.
-    service: Option<u32>,
     /// The peer ids above are held (so never freed) until the stream is done.
     released: bool,
 }
@@ -163,36 +111,29 @@ pub struct RequestState {
 /// main_internal: one instance per inner HTTP request.
 #[derive(Debug, Clone)]
 pub struct Stats {
-    config: PluginConfig,
+    downstream: Discovery,
+    upstream: Discovery,
+    limits: Limits,
 }
 
 impl Stats {
     pub fn new(config: PluginConfig) -> Self {
-        Self { config }
+        Self { downstream: config.downstream, upstream: config.upstream, limits: config.limits }
     }
 
     /// The source peer and whether the request is gRPC; consumes a sidecar's legacy header.
     pub fn on_request_headers(&self, host: &impl Host, worker: &mut Worker, state: &mut RequestState) {
         let Some(headers) = counted(host.headers(HeaderMap::Request), host, worker) else { return };
-        state.grpc = find_header(&headers, "content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"));
-        let mut inner_legacy = None;
-        if self.config.legacy_discovery
-            && let Some(raw) = find_header(&headers, legacy::HEADER)
-        {
-            inner_legacy = Some(raw);
-            counted(host.remove_header(HeaderMap::Request, legacy::HEADER), host, worker);
-            if find_header(&headers, legacy::ID_HEADER).is_some() {
-                counted(host.remove_header(HeaderMap::Request, legacy::ID_HEADER), host, worker);
-            }
-        }
+        state.facts.on_request_headers(&headers);
+        let inner_legacy = self.downstream.take_inner_legacy(&headers, host, worker);
         let part = |header: &str| find_header(&headers, header).unwrap_or_default();
-        let downstream = DownstreamParts {
+        let parts = DownstreamParts {
             san: part(DOWNSTREAM_SAN.header),
             legacy: part(DOWNSTREAM_LEGACY.header),
             baggage: part(DOWNSTREAM_BAGGAGE.header),
             inner_legacy: inner_legacy.unwrap_or_default(),
         };
-        state.source = self.downstream_peer(&downstream, host, worker);
+        state.source = self.downstream.downstream_peer(&parts, &self.limits, host, worker);
         worker.hold(state.source);
     }
 
@@ -200,19 +141,10 @@ impl Stats {
     /// tunnel is surely alive.
     pub fn on_response_headers(&self, host: &impl Host, worker: &mut Worker, state: &mut RequestState) {
         let Some(headers) = counted(host.headers(HeaderMap::Response), host, worker) else { return };
-        state.response_code = find_header(&headers, ":status").and_then(parse_u32).unwrap_or(0);
-        if state.grpc {
-            // A trailers-only gRPC answer carries its status in the headers.
-            state.grpc_status = find_header(&headers, "grpc-status").map(labels::grpc_status);
-        }
-        if let Some(cluster) = find_header(&headers, SERVICE_HEADER) {
-            state.service = Some(self.service(cluster, host, worker));
-        }
-        if let Some(raw) = find_header(&headers, ENDPOINT_HEADER).filter(|raw| !raw.is_empty()) {
-            let max = self.config.limits.max_value_bytes;
-            state.endpoint_peer = worker.endpoint_peer(raw, host, |raw| endpoint::decode(raw, max).unwrap_or_default());
-            worker.hold(state.endpoint_peer);
-        }
+        state.facts.on_response_headers(&headers, &self.limits, host, worker);
+        state.endpoint_peer =
+            self.upstream.endpoint_peer(find_header(&headers, ENDPOINT_HEADER), &self.limits, host, worker);
+        worker.hold(state.endpoint_peer);
         let Some(x) = find_header(&headers, UPSTREAM_CONNECTION_HEADER).and_then(parse_u64) else { return };
         state.tunnel_peer = match worker.tunnels.carrier_of(x) {
             Some(TunnelState::Established(peer)) => peer,
@@ -226,15 +158,21 @@ impl Stats {
     }
 
     pub fn on_response_trailers(&self, host: &impl Host, worker: &mut Worker, state: &mut RequestState) {
-        if state.grpc {
-            let status = counted(host.header(HeaderMap::ResponseTrailers, "grpc-status"), host, worker).flatten();
-            if let Some(status) = status {
-                state.grpc_status = Some(labels::grpc_status(&status));
-            }
-        }
+        state.facts.on_response_trailers(host, worker);
     }
 
     /// Stream end: emit the metrics.
+    pub fn on_log(&self, host: &impl Host, worker: &mut Worker, state: &RequestState) {
+        let end = StreamEnd::read(&state.facts, &self.limits, host, worker);
+        // A request that reached no tunnel has only the endpoint Envoy picked for it.
+        let tunnel_peer = if end.no_upstream_reached() { 0 } else { state.tunnel_peer };
+        let destination = self.upstream.destination(tunnel_peer, state.endpoint_peer, host, worker);
+        // Held while recording: a full peer table collects unused peers meanwhile.
+        worker.hold(destination);
+        stats::record(&state.facts, end, (state.source, destination), host, worker);
+        worker.release(destination);
+    }
+
     /// The stream is gone: the peers it held may be freed again. Idempotent, so the
     /// adapter calls it from both `on_log` and `on_done`.
     pub fn on_done(&self, worker: &mut Worker, state: &mut RequestState) {
@@ -245,180 +183,8 @@ impl Stats {
             }
         }
     }
-
-    pub fn on_log(&self, host: &impl Host, worker: &mut Worker, state: &RequestState) {
-        let read = |worker: &mut Worker, path: &[&str]| counted(host.property(path), host, worker).flatten();
-        let number = |worker: &mut Worker, path: &[&str]| read(worker, path).and_then(|b| le_u64(&b)).unwrap_or(0);
-
-        // Without response headers (a reset before any answer) the route names the service.
-        let service = match state.service {
-            Some(service) => service,
-            None => {
-                let cluster = read(worker, &["xds", "cluster_name"]).unwrap_or_default();
-                self.service(&cluster, host, worker)
-            }
-        };
-        let response_flags = number(worker, &["response", "flags"]);
-        // A request that reached no tunnel has only the endpoint Envoy picked for it.
-        let tunnel_peer = if response_flags::no_upstream_reached(response_flags) { 0 } else { state.tunnel_peer };
-        let destination = worker.destination(tunnel_peer, state.endpoint_peer, host);
-        worker.hold(destination);
-        let (grpc_status, messages) = if state.grpc {
-            let status = state.grpc_status.or_else(|| labels::grpc_status_from_http(state.response_code));
-            (status, read(worker, &["filter_state", GRPC_STATS_FILTER_STATE]).and_then(|b| grpc_messages(&b)))
-        } else {
-            (None, None)
-        };
-        let observation = Observation {
-            source: state.source,
-            destination,
-            service,
-            response_code: state.response_code,
-            response_flags,
-            grpc: state.grpc,
-            grpc_status,
-            duration_ms: number(worker, &["request", "duration"]) / 1_000_000,
-            request_bytes: number(worker, &["request", "total_size"]),
-            response_bytes: number(worker, &["response", "total_size"]),
-            messages,
-        };
-        if worker.record(&observation, host).is_err() {
-            worker.count(ErrorReason::HostCall, host);
-        }
-        worker.release(destination);
-    }
-
-    fn service(&self, cluster: &[u8], host: &impl Host, worker: &mut Worker) -> u32 {
-        let max = self.config.limits.max_value_bytes;
-        worker.service_for(cluster, host, |cluster| RoutedService::from_cluster_name(cluster, max))
-    }
-
-    /// The downstream peer id: from the CONNECT `baggage`, else the CONNECT
-    /// legacy header, else the inner request's legacy header; the principal
-    /// always from TLS, and its namespace wins. Decoded once per distinct input.
-    fn downstream_peer(&self, parts: &DownstreamParts<'_>, host: &impl Host, worker: &mut Worker) -> u32 {
-        // A NUL cannot occur in a header value, so the parts cannot run together.
-        let key = [parts.san, b"\0", parts.legacy, b"\0", parts.baggage, b"\0", parts.inner_legacy].concat();
-        worker.downstream_peer(&key, host, |worker| {
-            let mut peer = Peer::default();
-            if self.config.baggage_discovery && !parts.baggage.is_empty() {
-                peer = decode_baggage(parts.baggage, &self.config, host, worker);
-            }
-            if self.config.legacy_discovery {
-                for candidate in [parts.legacy, parts.inner_legacy] {
-                    if peer.is_empty() && !candidate.is_empty() {
-                        peer = decode_legacy(candidate, &self.config, host, worker);
-                    }
-                }
-            }
-            peer.principal = principal(parts.san, &self.config, host, worker);
-            pin_to_identity(&mut peer, host, worker);
-            peer
-        })
-    }
-}
-
-/// What connect_terminate captured about the client, each part in its own header.
-#[derive(Debug, Clone, Copy)]
-struct DownstreamParts<'h> {
-    san: &'h [u8],
-    legacy: &'h [u8],
-    baggage: &'h [u8],
-    /// A sidecar's legacy header on the inner request itself.
-    inner_legacy: &'h [u8],
-}
-
-/// The verified identity's namespace wins over what metadata claims; a claim that
-/// contradicts it is counted.
-fn pin_to_identity(peer: &mut Peer, host: &impl Host, worker: &mut Worker) {
-    if peer.contradicts_identity() {
-        worker.count(ErrorReason::IdentityMismatch, host);
-    }
-    peer.pin_namespace();
-}
-
-/// gRPC messages (request, response) from Envoy's `grpc_stats` filter state. Envoy
-/// 1.40 hands wasm the object's string form, `<request count>,<response count>`
-/// (`GrpcStatsObject::serializeAsString`); its `FilterObject` proto (field 1
-/// request_message_count, field 2 response_message_count, varints) is read too, for
-/// hosts that serialize the proto instead.
-fn grpc_messages(bytes: &[u8]) -> Option<(u64, u64)> {
-    if let Some((requests, responses)) = std::str::from_utf8(bytes).ok().and_then(|text| text.split_once(',')) {
-        return Some((requests.trim().parse().ok()?, responses.trim().parse().ok()?));
-    }
-    if bytes.is_empty() {
-        return None;
-    }
-    let (mut requests, mut responses) = (0, 0);
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        let (tag, after_tag) = varint(rest)?;
-        let (value, after_value) = varint(after_tag)?;
-        match tag {
-            0x08 => requests = value,
-            0x10 => responses = value,
-            // Anything but the two varint fields: not the object we know.
-            _ => return None,
-        }
-        rest = after_value;
-    }
-    Some((requests, responses))
-}
-
-fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let mut value = 0u64;
-    for (index, byte) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * index);
-        if byte & 0x80 == 0 {
-            return Some((value, bytes.get(index + 1..).unwrap_or_default()));
-        }
-    }
-    None
-}
-
-fn decode_baggage(raw: &[u8], config: &PluginConfig, host: &impl Host, worker: &mut Worker) -> Peer {
-    peer_or_unknown(baggage::decode(raw, &config.limits), ErrorReason::BaggageRejected, host, worker)
-}
-
-fn decode_legacy(raw: &[u8], config: &PluginConfig, host: &impl Host, worker: &mut Worker) -> Peer {
-    peer_or_unknown(legacy::decode(raw, &config.limits), ErrorReason::LegacyRejected, host, worker)
-}
-
-/// The decoded peer, counting rejected values; an undecodable header is an unknown peer.
-fn peer_or_unknown<E>(
-    decoded: Result<Decoded, E>,
-    refused: ErrorReason,
-    host: &impl Host,
-    worker: &mut Worker,
-) -> Peer {
-    match decoded {
-        Ok(decoded) => {
-            if decoded.rejected_values > 0 {
-                worker.count(ErrorReason::ValueRejected, host);
-            }
-            decoded.peer
-        }
-        Err(_) => {
-            worker.count(refused, host);
-            Peer::default()
-        }
-    }
-}
-
-/// A TLS identity as a label value: the first URI SAN (Envoy joins several with
-/// `,`, Istio takes the first); anything unexpected reads as unknown.
-fn principal(raw: &[u8], config: &PluginConfig, host: &impl Host, worker: &mut Worker) -> String {
-    let first = raw.split(|b| *b == b',').next().unwrap_or_default();
-    value::sanitize(first, config.limits.max_value_bytes).unwrap_or_else(|_| {
-        worker.count(ErrorReason::ValueRejected, host);
-        String::new()
-    })
 }
 
 fn parse_u64(raw: &[u8]) -> Option<u64> {
-    std::str::from_utf8(raw).ok()?.trim().parse().ok()
-}
-
-fn parse_u32(raw: &[u8]) -> Option<u32> {
     std::str::from_utf8(raw).ok()?.trim().parse().ok()
 }

@@ -5,14 +5,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 
-use crate::contract::ERROR_REASON_TAG;
 use crate::host::{HostError, MetricKind, Metrics};
 use crate::labels::{
     Labels, REQUEST_BYTES, REQUEST_DURATION, REQUEST_MESSAGES, REQUESTS_TOTAL, RESPONSE_BYTES, RESPONSE_MESSAGES,
-    RequestFacts, RoutedService,
+    RequestFacts, RoutedService, Series,
 };
 use crate::peer::Peer;
 use crate::response_flags;
+use crate::stats::Observation;
 
 /// Why something degraded to `unknown` or was not recorded. Each reason is
 /// one series of `waypoint_errors_total{reason}`.
@@ -65,14 +65,6 @@ impl ErrorReason {
     fn index(self) -> usize {
         Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
-}
-
-/// This module's own counter of what degraded or was refused, by reason.
-pub const ERRORS_TOTAL: &str = "waypoint_errors_total";
-
-/// The error counter's name: tags encoded like the Istio metrics.
-pub fn error_metric_name(reason: ErrorReason) -> String {
-    format!("{ERRORS_TOTAL};{ERROR_REASON_TAG}={}", reason.as_str())
 }
 
 /// Small dense ids for values seen often, so hot-path keys are integers.
@@ -313,23 +305,6 @@ struct SeriesKey {
     grpc_status: Option<i32>,
 }
 
-/// One finished request, as the stats role hands it over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Observation {
-    pub source: u32,
-    pub destination: u32,
-    pub service: u32,
-    pub response_code: u32,
-    pub response_flags: u64,
-    pub grpc: bool,
-    pub grpc_status: Option<i32>,
-    pub duration_ms: u64,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    /// gRPC messages (request, response), when Envoy's grpc_stats counted them.
-    pub messages: Option<(u64, u64)>,
-}
-
 /// The per-worker state.
 #[derive(Debug)]
 pub struct Worker {
@@ -340,8 +315,8 @@ pub struct Worker {
     downstream_cache: HashMap<Vec<u8>, u32>,
     /// Raw endpoint metadata (the `x-wp-endpoint` values) already decoded.
     endpoint_cache: HashMap<Vec<u8>, u32>,
-    /// (tunnel peer, endpoint peer) to the destination peer they make together.
-    destination_cache: HashMap<(u32, u32), u32>,
+    /// (tunnel peer, endpoint peer, endpoint first) to the destination peer they make together.
+    destination_cache: HashMap<(u32, u32, bool), u32>,
     /// Raw cluster names (the `x-wp-service` values) already read.
     service_cache: HashMap<Vec<u8>, u32>,
     series: HashMap<SeriesKey, SeriesIds>,
@@ -386,8 +361,7 @@ impl Worker {
 
     /// Exports `istio_build` once per worker (the gauge is shared, so every worker sets 1).
     pub fn announce_build(&mut self, metrics: &impl Metrics) {
-        let set =
-            metrics.define(MetricKind::Gauge, &crate::labels::build_stat_name()).and_then(|id| metrics.record(id, 1));
+        let set = metrics.define(MetricKind::Gauge, &Series::build()).and_then(|id| metrics.record(id, 1));
         if set.is_err() {
             self.count(ErrorReason::HostCall, metrics);
         }
@@ -397,7 +371,7 @@ impl Worker {
     pub fn count(&mut self, reason: ErrorReason, metrics: &impl Metrics) {
         let Some(slot) = self.error_ids.get_mut(reason.index()) else { return };
         if slot.is_none() {
-            *slot = metrics.define(MetricKind::Counter, &error_metric_name(reason)).ok();
+            *slot = metrics.define(MetricKind::Counter, &Series::errors(&reason.as_str())).ok();
         }
         if let Some(id) = *slot {
             let _ = metrics.increment(id, 1);
@@ -438,7 +412,7 @@ impl Worker {
         live.extend(self.held.keys().copied());
         live.extend(self.downstream_cache.values().copied());
         live.extend(self.endpoint_cache.values().copied());
-        for ((tunnel, endpoint), destination) in &self.destination_cache {
+        for ((tunnel, endpoint, _), destination) in &self.destination_cache {
             live.extend([*tunnel, *endpoint, *destination]);
         }
         self.peers.retain(&live)
@@ -490,17 +464,18 @@ impl Worker {
     }
 
     /// The destination peer from what the tunnel learnt (its CONNECT 200 `baggage` and
-    /// TLS identity) and the endpoint metadata: baggage wins; without it the endpoint
-    /// metadata fills in, under the tunnel's identity, whose namespace wins.
-    pub fn destination(&mut self, tunnel: u32, endpoint: u32, metrics: &impl Metrics) -> u32 {
+    /// TLS identity) and the endpoint metadata: the tunnel's metadata wins unless
+    /// `endpoint_first`; the endpoint metadata is taken under the tunnel's identity,
+    /// whose namespace wins.
+    pub fn destination(&mut self, tunnel: u32, endpoint: u32, endpoint_first: bool, metrics: &impl Metrics) -> u32 {
         if endpoint == 0 {
             return tunnel;
         }
-        if let Some(id) = self.destination_cache.get(&(tunnel, endpoint)) {
+        if let Some(id) = self.destination_cache.get(&(tunnel, endpoint, endpoint_first)) {
             return *id;
         }
         let known = self.peers.get(tunnel).cloned().unwrap_or_default();
-        let id = if known.has_metadata() {
+        let id = if known.has_metadata() && !endpoint_first {
             tunnel
         } else {
             let mut peer = self.peers.get(endpoint).cloned().unwrap_or_default();
@@ -508,7 +483,7 @@ impl Worker {
             peer.pin_namespace();
             self.peer_id(peer, metrics)
         };
-        remember(&mut self.destination_cache, (tunnel, endpoint), id, self.max_series);
+        remember(&mut self.destination_cache, (tunnel, endpoint, endpoint_first), id, self.max_series);
         id
     }
 
@@ -592,8 +567,8 @@ impl Worker {
                 response_flags: &flags,
             },
         );
-        let suffix = labels.stat_suffix();
-        let define = |kind, base: &str| metrics.define(kind, &format!("{base}{suffix}"));
+        let values = labels.values();
+        let define = |kind, name| metrics.define(kind, &Series::istio(name, &values));
         let messages = if key.grpc {
             Some((define(MetricKind::Counter, REQUEST_MESSAGES)?, define(MetricKind::Counter, RESPONSE_MESSAGES)?))
         } else {
