@@ -448,12 +448,6 @@ impl SharedData {
             None => Err(Status::NotFound),
         }
     }
-
-    /// Items currently waiting in queue `id`.
-    pub fn queue_items(&self, id: u32) -> Vec<Vec<u8>> {
-        let inner = self.lock();
-        inner.queues.get((id as usize).wrapping_sub(1)).map(|q| q.items.iter().cloned().collect()).unwrap_or_default()
-    }
 }
 
 /// A host-side implementation of a foreign function (`proxy_call_foreign_function`).

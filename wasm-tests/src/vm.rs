@@ -282,13 +282,6 @@ impl Vm {
         Ok(())
     }
 
-    /// `proxy_on_queue_ready(root, queue_id)`.
-    pub fn on_queue_ready(&mut self, root: u32, queue_id: u32) -> Result<()> {
-        self.ctx_mut(root, ContextKind::Root)?;
-        self.call::<(i32, i32), ()>("proxy_on_queue_ready", root, (root as i32, queue_id as i32))?;
-        Ok(())
-    }
-
     // ---- HTTP contexts -------------------------------------------------------------------
 
     /// Creates an HTTP context under `root` (`proxy_on_context_create(id, root)`).
@@ -616,15 +609,6 @@ impl Vm {
         &self.store.data().vm_hostcalls
     }
 
-    /// Zeroes every host-call counter.
-    pub fn reset_hostcall_counts(&mut self) {
-        let st = self.store.data_mut();
-        st.vm_hostcalls.clear();
-        for ctx in st.contexts.values_mut() {
-            ctx.hostcalls.clear();
-        }
-    }
-
     /// Everything the module wrote to stdout.
     pub fn stdout(&self) -> &[u8] {
         &self.store.data().stdout
@@ -633,11 +617,6 @@ impl Vm {
     /// Everything the module wrote to stderr.
     pub fn stderr(&self) -> &[u8] {
         &self.store.data().stderr
-    }
-
-    /// Sets the wall clock (`proxy_get_current_time_nanoseconds`, WASI realtime clock).
-    pub fn set_time_ns(&mut self, realtime_ns: u64) {
-        self.store.data_mut().realtime_ns = realtime_ns;
     }
 
     /// Moves both the wall clock and the monotonic clock forward.

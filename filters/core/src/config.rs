@@ -141,6 +141,19 @@ impl PluginConfig {
         Self::try_from(raw)
     }
 
+    /// Istio's `AMBIENT_ENABLE_BAGGAGE` off: no `baggage` read on either side, none sent,
+    /// as `baggage_discovery: false` says.
+    pub fn without_baggage(mut self) -> Self {
+        let drop = |discovery: &Discovery| {
+            let methods = discovery.methods().iter().copied().filter(|m| *m != Method::Baggage).collect();
+            Discovery::new(discovery.side(), methods).unwrap_or_else(|_| discovery.clone())
+        };
+        self.downstream = drop(&self.downstream);
+        self.upstream = drop(&self.upstream);
+        self.propagate_baggage = false;
+        self
+    }
+
     /// The JSON form with every choice spelled out, as [`Serialize`] writes it.
     fn raw(&self) -> RawConfig {
         RawConfig {
@@ -324,5 +337,13 @@ mod tests {
         assert_eq!(PluginConfig::from_json(written.as_bytes()).ok(), Some(cfg));
         let defaults = serde_json::to_string(&PluginConfig::default()).unwrap_or_default();
         assert_eq!(PluginConfig::from_json(defaults.as_bytes()).ok(), Some(PluginConfig::default()));
+    }
+
+    #[test]
+    fn without_baggage_is_what_the_switch_says() {
+        assert_eq!(
+            Some(PluginConfig::default().without_baggage()),
+            PluginConfig::from_json(br#"{"baggage_discovery": false}"#).ok()
+        );
     }
 }

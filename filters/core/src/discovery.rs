@@ -124,6 +124,10 @@ impl Discovery {
         Self { side, methods: side.default_methods() }
     }
 
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
     pub fn methods(&self) -> &[Method] {
         &self.methods
     }
