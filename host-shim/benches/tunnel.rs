@@ -10,9 +10,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use host_shim::proxy::pool;
 use host_shim::tls::{self, Credentials};
 use host_shim::tuning::Tuning;
-use host_shim::{Shim, ShimOptions, pool};
+use host_shim::{Shim, ShimOptions};
 use mesh::Mesh;
 use mesh::ca;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

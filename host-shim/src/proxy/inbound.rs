@@ -16,29 +16,12 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use waypoint_core::{Peer, baggage};
 
+use super::tunnel::{self, Ending};
+use super::{Context, Error, HboneStream, http2};
 use crate::drain;
-use crate::http2;
-use crate::metrics::{ConnectionRecord, Refusal, Reporter, ResponseFlags, TrafficLabels};
-use crate::shim::Context;
+use crate::metrics::{Completion, ConnectionRecord, Outcome, Refusal, Reporter, ResponseFlags, TrafficLabels};
 use crate::tls::{self, HandshakeFailure, IdentityCheck};
-use crate::tunnel::{self, Ending};
 use mesh::{Mesh, Service, Workload};
-
-#[derive(Debug, thiserror::Error)]
-pub enum InboundError {
-    #[error("TLS handshake: {0}")]
-    Handshake(std::io::Error),
-    #[error("HTTP/2: {0}")]
-    Http2(#[from] h2::Error),
-    #[error("connecting to the app at {0}: {1}")]
-    App(SocketAddr, std::io::Error),
-    #[error("response: {0}")]
-    Response(#[from] http::Error),
-    #[error("tunnel: {0}")]
-    Splice(std::io::Error),
-    #[error("closed at the drain deadline")]
-    Drained,
-}
 
 /// Where an accepted CONNECT goes: the app's address and the service it was for.
 #[derive(Debug)]
@@ -181,7 +164,7 @@ async fn connection(
         tokio::select! {
             accepted = h2.accept() => match accepted {
                 Some(Ok(request)) => {
-                    let stream = Stream {
+                    let stream = Connect {
                         peer,
                         identity: identity.clone(),
                         workload: workload.clone(),
@@ -270,7 +253,7 @@ fn refuse_connection(
 }
 
 /// One CONNECT stream and what it needs to know about its connection.
-struct Stream {
+struct Connect {
     peer: SocketAddr,
     identity: Arc<str>,
     workload: Arc<Workload>,
@@ -279,7 +262,7 @@ struct Stream {
     _open: OpenStream,
 }
 
-impl Stream {
+impl Connect {
     async fn serve(self, (request, mut respond): (Request<RecvStream>, SendResponse<Bytes>), drain: drain::Watcher) {
         let (parts, body) = request.into_parts();
         let mesh = &self.ctx.mesh;
@@ -301,54 +284,37 @@ impl Stream {
         }
         let destination = mesh.peer_of(&self.workload);
         let labels = TrafficLabels::new(Reporter::Destination, &source, &destination, target.service);
-        let record = self.ctx.metrics.open(labels);
+        let header = |name: &str| parts.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let log = Completion {
+            src_addr: Some(self.peer),
+            src_identity: Some(self.identity.to_string()),
+            src_workload: Some(source.workload_name.clone()),
+            dst_workload: Some(self.workload.name.clone()),
+            dst_app: Some(target.app),
+            authority: Some(authority),
+            x_forwarded_network: header("x-forwarded-network"),
+            traceparent: header("traceparent"),
+            ..Completion::default()
+        };
+        let mut record = self.ctx.metrics.open(Reporter::Destination, labels, log);
 
         let result = tokio::select! {
             result = self.connect_and_splice(respond, body, &target, &destination, &record) => result,
-            () = drain.forced() => Err(InboundError::Drained),
+            () = drain.forced() => Err(Error::Drained),
         };
-        let (flags, status, failed, error) = match result {
+        let (outcome, status) = match result {
             Ok(ending) => {
                 let failed = matches!(ending, Ending::Failed(_));
                 let flags = if failed { ResponseFlags::ConnectionFailure } else { ResponseFlags::None };
-                (flags, 200, failed, ending.error().map(ToString::to_string))
+                (Outcome { flags, failed, error: ending.error().map(ToString::to_string) }, 200)
             }
-            Err(e @ InboundError::App(..)) => (Refusal::AppUnreachable.flags(), 503, true, Some(e.to_string())),
-            Err(e) => (ResponseFlags::None, 200, true, Some(e.to_string())),
+            Err(e @ Error::App(..)) => {
+                (Outcome { flags: Refusal::AppUnreachable.flags(), failed: true, error: Some(e.to_string()) }, 503)
+            }
+            Err(e) => (Outcome { flags: ResponseFlags::None, failed: true, error: Some(e.to_string()) }, 200),
         };
-        let moved = record.moved();
-        let duration_ms = record.started().elapsed().as_millis() as u64;
-        record.close(flags);
-        // ztunnel's access log: info for a clean end, error for a failed one. Inbound,
-        // "sent" is toward the client (server → client), "recv" from it.
-        macro_rules! complete {
-            ($level:expr) => {
-                tracing::event!(
-                    $level,
-                    direction = "inbound",
-                    src.addr = %self.peer,
-                    src.identity = %self.identity,
-                    src.workload = %source.workload_name,
-                    dst.workload = %self.workload.name,
-                    dst.app = %target.app,
-                    authority = %authority,
-                    x_forwarded_network = ?parts.headers.get("x-forwarded-network"),
-                    traceparent = ?parts.headers.get("traceparent"),
-                    status,
-                    response_flags = flags.as_str(),
-                    bytes_sent = moved.server_to_client,
-                    bytes_recv = moved.client_to_server,
-                    duration_ms,
-                    error,
-                    "connection complete"
-                )
-            };
-        }
-        if failed {
-            complete!(tracing::Level::ERROR);
-        } else {
-            complete!(tracing::Level::INFO);
-        }
+        record.log().status = Some(status);
+        record.finish(outcome);
     }
 
     async fn connect_and_splice(
@@ -358,24 +324,27 @@ impl Stream {
         target: &Target<'_>,
         destination: &Peer,
         record: &ConnectionRecord,
-    ) -> Result<Ending, InboundError> {
+    ) -> Result<Ending, Error> {
         let tuning = &self.ctx.tuning;
         let app = match connect(target.app, tuning).await {
             Ok(app) => app,
             Err(e) => {
                 self.ctx.metrics.refuse(Reporter::Destination, Refusal::AppUnreachable);
-                let _ = respond.send_response(status_only(StatusCode::SERVICE_UNAVAILABLE)?, true);
-                return Err(InboundError::App(target.app, e));
+                let _ =
+                    respond.send_response(status_only(StatusCode::SERVICE_UNAVAILABLE).map_err(Error::Response)?, true);
+                return Err(Error::App(target.app, e));
             }
         };
         let ok = Response::builder()
             .status(StatusCode::OK)
             .header("baggage", baggage::encode_ztunnel(destination))
-            .body(())?;
+            .body(())
+            .map_err(Error::Response)?;
         let send = respond.send_response(ok, false)?;
         let (app_read, app_write) = app.into_split();
         let app_side = (BufReader::with_capacity(tuning.splice_buffer, app_read), app_write);
-        let tunnel_side = tunnel::h2_stream(send, body, tuning.splice_buffer);
+        let (reader, writer, _) = HboneStream::new(send, body, tuning.splice_buffer).into_split();
+        let tunnel_side = (reader, writer);
         // The tunnel is the client's side: what it carries to the app is client → server.
         Ok(Ending::of(tunnel::splice(tunnel_side, app_side, record).await))
     }
@@ -417,7 +386,7 @@ mod tests {
     use super::*;
 
     fn mesh() -> Mesh {
-        Mesh::parse(include_str!("../../mesh/mesh.example.json")).unwrap()
+        Mesh::parse(include_str!("../../../mesh/mesh.example.json")).unwrap()
     }
 
     fn check(authority: &str, method: Method) -> Result<SocketAddr, Refusal> {
