@@ -5,7 +5,7 @@
 //!
 //! - [`proxy`]: the two sides of a tunnel (inbound, outbound with double HBONE), the
 //!   pool, the stream as bytes and the splice, and what they share;
-//! - [`tls`]: mTLS with SPIFFE identities;
+//! - [`tls`]: mTLS with SPIFFE identities; [`identity`]: identities and authorities as types;
 //! - [`metrics`]: `istio_tcp_*`, `istio_build`, refusal and identity-mismatch
 //!   counters, and the per-connection record; [`admin`] serves them;
 //! - [`shim`]: one node's shim, started and drained as a unit;
@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod drain;
+pub mod identity;
 pub mod metrics;
 pub mod proxy;
 pub mod shim;

@@ -27,6 +27,7 @@ use mesh::Mesh;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use waypoint_core::Limits;
 
+use crate::identity::Identity;
 use crate::metrics::{Metrics, Refusal};
 use crate::tls::{Credentials, HandshakeFailure, TlsError};
 use crate::tuning::Tuning;
@@ -108,35 +109,30 @@ impl Error {
 pub struct HboneStream {
     reader: H2Reader,
     writer: H2Writer,
-    peer_identity: String,
+    peer_identity: Option<Identity>,
     slot: Option<Slot>,
 }
 
 impl HboneStream {
     /// `max_write` bounds one write, so it never waits for more window than exists.
     pub fn new(send: SendStream<Bytes>, recv: RecvStream, max_write: usize) -> Self {
-        Self {
-            reader: H2Reader::new(recv),
-            writer: H2Writer::new(send, max_write),
-            peer_identity: String::new(),
-            slot: None,
-        }
+        Self { reader: H2Reader::new(recv), writer: H2Writer::new(send, max_write), peer_identity: None, slot: None }
     }
 
     /// Halves split off another stream, joined again (double HBONE's inner transport).
     pub fn from_halves(reader: H2Reader, writer: H2Writer) -> Self {
-        Self { reader, writer, peer_identity: String::new(), slot: None }
+        Self { reader, writer, peer_identity: None, slot: None }
     }
 
-    pub(crate) fn with_peer(mut self, peer_identity: String, slot: Option<Slot>) -> Self {
+    pub(crate) fn with_peer(mut self, peer_identity: Option<Identity>, slot: Option<Slot>) -> Self {
         self.peer_identity = peer_identity;
         self.slot = slot;
         self
     }
 
     /// The peer's verified SPIFFE identity (the inner one, for double HBONE).
-    pub fn peer_identity(&self) -> &str {
-        &self.peer_identity
+    pub fn peer_identity(&self) -> Option<&Identity> {
+        self.peer_identity.as_ref()
     }
 
     /// The halves to splice, and the pool slot to hold until the splice ends.

@@ -19,6 +19,7 @@ use waypoint_core::{Peer, baggage};
 use super::tunnel::{self, Ending};
 use super::{Context, Error, HboneStream, http2};
 use crate::drain;
+use crate::identity::Identity;
 use crate::metrics::{Completion, ConnectionRecord, Outcome, Refusal, Reporter, ResponseFlags, TrafficLabels};
 use crate::tls::{self, HandshakeFailure, IdentityCheck};
 use mesh::{Mesh, Service, Workload};
@@ -85,7 +86,11 @@ fn forwarded_host(value: &[u8]) -> Option<&[u8]> {
 /// The client as its `baggage` and verified TLS identity describe it. Baggage
 /// is hostile input: too large or malformed reads as unknown, and the identity's
 /// namespace wins over the one baggage claims (the check says whether they disagreed).
-pub fn source_peer(headers: &HeaderMap, identity: &str, limits: &waypoint_core::Limits) -> (Peer, IdentityCheck) {
+pub fn source_peer(
+    headers: &HeaderMap,
+    identity: Option<&Identity>,
+    limits: &waypoint_core::Limits,
+) -> (Peer, IdentityCheck) {
     let mut raw = Vec::new();
     for value in headers.get_all("baggage") {
         if !raw.is_empty() {
@@ -143,7 +148,7 @@ async fn connection(
             return refuse_connection(&ctx, peer, &workload, Refusal::Handshake(HandshakeFailure::Other), &e);
         }
     };
-    let identity = tls::peer_identity(tls.get_ref().1).unwrap_or_default();
+    let identity = tls::peer_identity(tls.get_ref().1);
     // A client that finished TLS but never sends the HTTP/2 preface is dropped.
     let mut h2 = match tokio::time::timeout(tuning.h2_handshake_timeout, http2::server_handshake(tls, &tuning)).await {
         Ok(Ok(h2)) => h2,
@@ -151,7 +156,6 @@ async fn connection(
         Err(_) => return refuse_connection(&ctx, peer, &workload, Refusal::Http2Handshake, &"preface timed out"),
     };
     ctx.metrics.inbound_connections.inc();
-    let identity: Arc<str> = identity.into();
     let keepalive = http2::keepalive(h2.ping_pong(), tuning);
     tokio::pin!(keepalive);
     let streams = Arc::new(OpenStreams::default());
@@ -255,7 +259,8 @@ fn refuse_connection(
 /// One CONNECT stream and what it needs to know about its connection.
 struct Connect {
     peer: SocketAddr,
-    identity: Arc<str>,
+    /// The client's verified identity (`None`: its certificate names none we read).
+    identity: Option<Identity>,
     workload: Arc<Workload>,
     ctx: Arc<Context>,
     /// Keeps the connection from counting as idle while this stream lives.
@@ -274,11 +279,11 @@ impl Connect {
                 return;
             }
         };
-        let (source, check) = source_peer(&parts.headers, &self.identity, &self.ctx.limits);
+        let (source, check) = source_peer(&parts.headers, self.identity.as_ref(), &self.ctx.limits);
         if check == IdentityCheck::Contradicted {
             self.ctx.metrics.identity_mismatch(Reporter::Destination, Reporter::Source);
             tracing::warn!(
-                direction = "inbound", src.addr = %self.peer, src.identity = %self.identity,
+                direction = "inbound", src.addr = %self.peer, src.identity = self.identity.as_ref().map(Identity::as_str),
                 "request baggage claims a namespace its identity contradicts; the identity wins"
             );
         }
@@ -287,7 +292,7 @@ impl Connect {
         let header = |name: &str| parts.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let log = Completion {
             src_addr: Some(self.peer),
-            src_identity: Some(self.identity.to_string()),
+            src_identity: Some(self.identity.as_ref().map(ToString::to_string).unwrap_or_default()),
             src_workload: Some(source.workload_name.clone()),
             dst_workload: Some(self.workload.name.clone()),
             dst_app: Some(target.app),
@@ -361,7 +366,7 @@ impl Connect {
             let _ = respond.send_response(response, true);
         }
         tracing::info!(
-            direction = "inbound", src.addr = %self.peer, src.identity = %self.identity,
+            direction = "inbound", src.addr = %self.peer, src.identity = self.identity.as_ref().map(Identity::as_str),
             dst.workload = %self.workload.name, %method, authority = %authority,
             status = status.as_u16(), reason = refusal.as_str(), "connection refused"
         );
@@ -384,6 +389,10 @@ async fn connect(app: SocketAddr, tuning: &crate::tuning::Tuning) -> std::io::Re
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    fn cart() -> Option<Identity> {
+        Identity::parse("spiffe://td/ns/shop/sa/cart")
+    }
 
     fn mesh() -> Mesh {
         Mesh::parse(include_str!("../../../mesh/mesh.example.json")).unwrap()
@@ -432,8 +441,7 @@ mod tests {
 
     #[test]
     fn the_spiffe_namespace_fills_a_source_without_baggage() {
-        let (peer, check) =
-            source_peer(&HeaderMap::new(), "spiffe://td/ns/shop/sa/cart", &waypoint_core::Limits::default());
+        let (peer, check) = source_peer(&HeaderMap::new(), cart().as_ref(), &waypoint_core::Limits::default());
         assert_eq!((peer.namespace.as_str(), peer.workload_name.as_str()), ("shop", ""));
         assert_eq!(check, IdentityCheck::Filled);
     }
@@ -442,7 +450,7 @@ mod tests {
     fn the_spiffe_namespace_wins_over_a_forged_baggage_namespace() {
         let mut headers = HeaderMap::new();
         headers.insert("baggage", "k8s.namespace.name=kube-system,k8s.deployment.name=cart".parse().unwrap());
-        let (peer, check) = source_peer(&headers, "spiffe://td/ns/shop/sa/cart", &waypoint_core::Limits::default());
+        let (peer, check) = source_peer(&headers, cart().as_ref(), &waypoint_core::Limits::default());
         assert_eq!((peer.namespace.as_str(), peer.workload_name.as_str()), ("shop", "cart"));
         assert_eq!(check, IdentityCheck::Contradicted);
     }

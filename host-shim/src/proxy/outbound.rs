@@ -5,6 +5,7 @@
 //! destination's network, in which a second, end-to-end HBONE connection to the
 //! pod's ztunnel carries the inner CONNECT (double HBONE).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,7 @@ use super::pool::{self, PoolKey, Slot};
 use super::tunnel::{self, Ending};
 use super::{Context, Error, HboneStream, http2};
 use crate::drain;
+use crate::identity::{Authority, Identity};
 use crate::metrics::{Completion, Outcome, Reporter, ResponseFlags, TrafficLabels};
 use crate::tls::{self, IdentityCheck};
 use crate::tuning::Tuning;
@@ -30,8 +32,8 @@ use crate::tuning::Tuning;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hop {
     pub address: SocketAddr,
-    pub authority: String,
-    pub expected: Vec<String>,
+    pub authority: Authority,
+    pub expected: Vec<Identity>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,17 +75,18 @@ pub fn plan<'m>(
             };
             let hop = Hop {
                 address: hbone(target),
-                authority: address.to_string(),
-                expected: vec![mesh.identity_of(target)],
+                authority: Authority::Address(*address),
+                expected: Identity::all([mesh.identity_of(target)]),
             };
             Ok(Plan { route: Route::Direct(hop), service, expected_peer: mesh.peer_of(target) })
         }
         Destination::Service { hostname, port } => {
             let service = mesh.service(hostname, *port).ok_or(Error::NoRoute("unknown service"))?;
-            let by_name = format!("{hostname}:{port}");
+            let by_name = Authority::Service { hostname: hostname.clone(), port: *port };
             if let Some(waypoint) = &service.waypoint {
-                let authority = service.vip.map_or(by_name, |vip| SocketAddr::new(vip, *port).to_string());
-                let hop = Hop { address: waypoint.address, authority, expected: vec![waypoint.identity.clone()] };
+                let authority = service.vip.map_or(by_name, |vip| Authority::Address(SocketAddr::new(vip, *port)));
+                let expected = Identity::all([&waypoint.identity]);
+                let hop = Hop { address: waypoint.address, authority, expected };
                 let expected_peer = Peer { principal: waypoint.identity.clone(), ..Peer::default() };
                 return Ok(Plan { route: Route::Direct(hop), service: Some(service), expected_peer });
             }
@@ -93,8 +96,8 @@ pub fn plan<'m>(
                 let endpoint = local.get(pick).ok_or(Error::NoRoute("no endpoint"))?;
                 let hop = Hop {
                     address: hbone(endpoint),
-                    authority: SocketAddr::new(endpoint.address, service.target_port).to_string(),
-                    expected: vec![mesh.identity_of(endpoint)],
+                    authority: Authority::Address(SocketAddr::new(endpoint.address, service.target_port)),
+                    expected: Identity::all([mesh.identity_of(endpoint)]),
                 };
                 return Ok(Plan {
                     route: Route::Direct(hop),
@@ -104,16 +107,18 @@ pub fn plan<'m>(
             }
             let remote = mesh.endpoints(service).next().ok_or(Error::NoRoute("service has no endpoints"))?;
             let gateway = mesh.gateway_of(&remote.network).ok_or(Error::NoRoute("no east-west gateway"))?;
-            let mut identities: Vec<String> =
-                mesh.endpoints(service).filter(|w| w.network == remote.network).map(|w| mesh.identity_of(w)).collect();
-            identities.dedup();
+            let identities: BTreeSet<Identity> = Identity::all(
+                mesh.endpoints(service).filter(|w| w.network == remote.network).map(|w| mesh.identity_of(w)),
+            )
+            .into_iter()
+            .collect();
             let route = Route::ViaGateway {
                 gateway: Hop {
                     address: gateway.address,
                     authority: by_name.clone(),
-                    expected: vec![gateway.identity.clone()],
+                    expected: Identity::all([&gateway.identity]),
                 },
-                inner: Hop { address: gateway.address, authority: by_name, expected: identities },
+                inner: Hop { address: gateway.address, authority: by_name, expected: identities.into_iter().collect() },
             };
             Ok(Plan { route, service: Some(service), expected_peer: Peer::default() })
         }
@@ -140,8 +145,8 @@ impl ConnectHeaders {
     }
 
     /// The CONNECT; `origin_network` only on the inner CONNECT of double HBONE.
-    pub fn request(&self, authority: &str, origin_network: Option<&str>) -> Result<Request<()>, http::Error> {
-        let mut builder = Request::builder().method(Method::CONNECT).uri(authority);
+    pub fn request(&self, authority: &Authority, origin_network: Option<&str>) -> Result<Request<()>, http::Error> {
+        let mut builder = Request::builder().method(Method::CONNECT).uri(authority.to_string());
         if let Some(baggage) = &self.baggage {
             builder = builder.header("baggage", baggage);
         }
@@ -171,7 +176,12 @@ pub(crate) async fn serve(
     ctx: Arc<Context>,
     drain: drain::Watcher,
 ) {
-    let listener_state = Arc::new(Listener { source, destination, round_robin: AtomicUsize::new(0), ctx });
+    // The mesh file was checked at load, so every workload's identity parses.
+    let Some(source_identity) = Identity::parse(&ctx.mesh.identity_of(&source)) else {
+        return tracing::error!(workload = %source.name, "no SPIFFE identity: outbound listener not served");
+    };
+    let round_robin = AtomicUsize::new(0);
+    let listener_state = Arc::new(Listener { source, source_identity, destination, round_robin, ctx });
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -187,6 +197,8 @@ pub(crate) async fn serve(
 
 struct Listener {
     source: Workload,
+    /// Presented as our certificate on every connection to the next hop.
+    source_identity: Identity,
     destination: Destination,
     round_robin: AtomicUsize,
     ctx: Arc<Context>,
@@ -301,7 +313,7 @@ impl Listener {
         headers: &ConnectHeaders,
     ) -> Result<(http::response::Parts, HboneStream), Error> {
         let key = |hop: &Hop| PoolKey {
-            source: self.ctx.mesh.identity_of(&self.source),
+            source: self.source_identity.clone(),
             source_address: self.source.address,
             destination: hop.address,
             expected: hop.expected.clone(),
@@ -330,7 +342,7 @@ async fn double_hbone(
     ctx: &Context,
     gateway: &PoolKey,
     outer_request: Request<()>,
-    inner_expected: &[String],
+    inner_expected: &[Identity],
     inner_request: Request<()>,
 ) -> Result<(http::response::Parts, HboneStream), Error> {
     let tuning = &ctx.tuning;
@@ -338,13 +350,13 @@ async fn double_hbone(
     if response.status != StatusCode::OK {
         return Err(Error::GatewayStatus(response.status));
     }
-    let config = ctx.credentials.client_config(&gateway.source, inner_expected)?;
+    let config = ctx.credentials.client_config(gateway.source.as_str(), inner_expected)?;
     // The outer stream carries the inner TLS connection; its pool slot goes to the
     // task that drives the inner connection, and is freed when that ends.
     let (outer_read, outer_write, outer_slot) = outer.into_split();
     let transport = HboneStream::from_halves(outer_read, outer_write);
     let tls = pool::tls_connect(config, transport, tuning).await.map_err(Error::InnerHandshake)?;
-    let peer_identity = tls::peer_identity(tls.get_ref().1).unwrap_or_default();
+    let peer_identity = tls::peer_identity(tls.get_ref().1);
     let (sender, connection) = http2::client_handshake(tls, tuning).await.map_err(Error::InnerHttp2)?;
     tokio::spawn(drive_inner(connection, outer_slot, *tuning));
     let (response, send) = sender
@@ -379,7 +391,7 @@ where
 /// it; the identity's namespace wins over the one baggage claims.
 fn response_peer(
     response: &http::response::Parts,
-    identity: &str,
+    identity: Option<&Identity>,
     limits: &waypoint_core::Limits,
 ) -> (Peer, IdentityCheck) {
     let raw = response.headers.get("baggage").map(|v| v.as_bytes()).unwrap_or_default();
@@ -397,6 +409,10 @@ mod tests {
         Mesh::parse(include_str!("../../../mesh/mesh.example.json")).unwrap()
     }
 
+    fn strings(identities: &[Identity]) -> Vec<&str> {
+        identities.iter().map(Identity::as_str).collect()
+    }
+
     fn service(host: &str) -> Destination {
         Destination::Service { hostname: host.to_owned(), port: 9080 }
     }
@@ -408,8 +424,8 @@ mod tests {
         let plan = plan(&mesh, curl, &service("reviews.bookinfo.svc.cluster.local"), &AtomicUsize::new(0)).unwrap();
         let Route::Direct(hop) = plan.route else { panic!("expected a direct route") };
         assert_eq!(hop.address, "127.10.1.100:15008".parse().unwrap());
-        assert_eq!(hop.authority, "10.96.0.20:9080");
-        assert_eq!(hop.expected, ["spiffe://cluster.local/ns/bookinfo/sa/waypoint"]);
+        assert_eq!(hop.authority.to_string(), "10.96.0.20:9080");
+        assert_eq!(strings(&hop.expected), ["spiffe://cluster.local/ns/bookinfo/sa/waypoint"]);
     }
 
     #[test]
@@ -419,10 +435,10 @@ mod tests {
         let plan = plan(&mesh, curl, &service("ratings.bookinfo.svc.cluster.local"), &AtomicUsize::new(0)).unwrap();
         let Route::ViaGateway { gateway, inner } = plan.route else { panic!("expected double HBONE") };
         assert_eq!(gateway.address, "127.10.2.100:15008".parse().unwrap());
-        assert_eq!(gateway.authority, "ratings.bookinfo.svc.cluster.local:9080");
-        assert_eq!(gateway.expected, ["spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway"]);
+        assert_eq!(gateway.authority.to_string(), "ratings.bookinfo.svc.cluster.local:9080");
+        assert_eq!(strings(&gateway.expected), ["spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway"]);
         assert_eq!(inner.authority, gateway.authority);
-        assert_eq!(inner.expected, ["spiffe://cluster.local/ns/bookinfo/sa/bookinfo-ratings"]);
+        assert_eq!(strings(&inner.expected), ["spiffe://cluster.local/ns/bookinfo/sa/bookinfo-ratings"]);
     }
 
     #[test]
@@ -431,7 +447,8 @@ mod tests {
         let curl = mesh.peer_of(mesh.workload("curl").unwrap());
         let svc = mesh.service("ratings.bookinfo.svc.cluster.local", 9080);
         let headers = ConnectHeaders::new(&curl, false, "127.10.1.1:40000".parse().unwrap(), svc);
-        let request = headers.request("ratings.bookinfo.svc.cluster.local:9080", Some("network-a")).unwrap();
+        let ratings = Authority::Service { hostname: "ratings.bookinfo.svc.cluster.local".into(), port: 9080 };
+        let request = headers.request(&ratings, Some("network-a")).unwrap();
         let names: Vec<&str> = request.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["baggage", "forwarded", "traceparent", "x-forwarded-network"]);
         assert_eq!(
@@ -451,7 +468,7 @@ mod tests {
         let mesh = mesh();
         let curl = mesh.peer_of(mesh.workload("curl").unwrap());
         let headers = ConnectHeaders::new(&curl, true, "127.10.1.1:40000".parse().unwrap(), None);
-        let request = headers.request("10.96.0.20:9080", None).unwrap();
+        let request = headers.request(&Authority::Address("10.96.0.20:9080".parse().unwrap()), None).unwrap();
         let names: Vec<&str> = request.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["forwarded", "traceparent"]);
     }

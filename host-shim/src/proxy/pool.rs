@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::{Error, HboneStream, http2};
 use crate::drain;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::tls::{self, Credentials};
 use crate::tuning::Tuning;
@@ -24,13 +25,13 @@ use crate::tuning::Tuning;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     /// The client workload's identity, presented as our certificate.
-    pub source: String,
+    pub source: Identity,
     /// The client workload's address, bound as the connection's source (its pod IP).
     pub source_address: IpAddr,
     /// The HBONE endpoint: a pod's ztunnel, a waypoint or an east-west gateway.
     pub destination: SocketAddr,
     /// The identities the destination may present.
-    pub expected: Vec<String>,
+    pub expected: Vec<Identity>,
 }
 
 #[derive(Clone)]
@@ -68,7 +69,7 @@ impl PoolInner {
 struct Connection {
     id: u64,
     sender: SendRequest<Bytes>,
-    peer_identity: String,
+    peer_identity: Option<Identity>,
     max_streams: usize,
     active: AtomicUsize,
     idle_since: Mutex<Instant>,
@@ -201,9 +202,9 @@ impl Pool {
         let tuning = &self.inner.tuning;
         self.inner.metrics.pool_connect_attempts.inc();
         let tcp = connect_from(key.source_address, key.destination, tuning).await?;
-        let config = self.inner.credentials.client_config(&key.source, &key.expected)?;
+        let config = self.inner.credentials.client_config(key.source.as_str(), &key.expected)?;
         let tls = tls_connect(config, tcp, tuning).await.map_err(|e| Error::Handshake(key.destination, e))?;
-        let peer_identity = tls::peer_identity(tls.get_ref().1).unwrap_or_default();
+        let peer_identity = tls::peer_identity(tls.get_ref().1);
         let (sender, connection) =
             http2::client_handshake(tls, tuning).await.map_err(|e| Error::PeerHttp2(key.destination, e))?;
         let max_streams = tuning.pool_max_streams_per_connection.min(connection.max_concurrent_send_streams()).max(1);
