@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use host_shim::proxy::HboneStream;
 use host_shim::tls::{self, Credentials};
-use host_shim::tunnel::{self, H2Io};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
@@ -130,8 +130,7 @@ impl HboneClient {
         let (response, stream) = send.send_request(request, false)?;
         let response = response.await?;
         let (parts, body) = response.into_parts();
-        let (reader, writer) = tunnel::h2_stream(stream, body, MAX_WRITE);
-        Ok(Tunnel { status: parts.status, headers: parts.headers, io: H2Io { reader, writer } })
+        Ok(Tunnel { status: parts.status, headers: parts.headers, io: HboneStream::new(stream, body, MAX_WRITE) })
     }
 }
 
@@ -145,7 +144,7 @@ impl Drop for HboneClient {
 pub struct Tunnel {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    pub io: H2Io,
+    pub io: HboneStream,
 }
 
 impl Tunnel {
@@ -367,7 +366,7 @@ where
         }
         let send = respond.send_response(response.body(())?, false)?;
         connects.fetch_add(1, Ordering::Relaxed);
-        let (reader, writer) = tunnel::h2_stream(send, request.into_body(), MAX_WRITE);
+        let io = HboneStream::new(send, request.into_body(), MAX_WRITE);
         let (pod, served) = (pod.clone(), served.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
@@ -376,7 +375,7 @@ where
                 async move { Ok::<_, Infallible>(answer) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(H2Io { reader, writer }), service)
+                .serve_connection(TokioIo::new(io), service)
                 .await;
         });
     }

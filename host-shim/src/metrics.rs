@@ -2,6 +2,7 @@
 //! shim's own counters: refusals per reason, identity mismatches and the outbound pool.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -310,9 +311,9 @@ impl Metrics {
         self.identity_mismatches.get_or_create(&labels).inc();
     }
 
-    /// Counts a connection as opened; the record counts bytes as they move and the
-    /// close once, at `close` or at the latest when dropped.
-    pub fn open(self: &Arc<Self>, labels: TrafficLabels) -> ConnectionRecord {
+    /// Counts a connection as opened; the record counts bytes as they move, and
+    /// the close and the completion line once, when dropped.
+    pub fn open(self: &Arc<Self>, reporter: Reporter, labels: TrafficLabels, log: Completion) -> ConnectionRecord {
         let labels = self.bounded(labels);
         self.opened.get_or_create(&labels).inc();
         ConnectionRecord {
@@ -321,9 +322,11 @@ impl Metrics {
             bytes_server_to_client: AtomicU64::new(0),
             bytes_client_to_server: AtomicU64::new(0),
             metrics: self.clone(),
+            reporter,
             labels,
-            started: Instant::now(),
-            recorded: false,
+            started: log.accepted.unwrap_or_else(Instant::now),
+            log,
+            result: None,
         }
     }
 
@@ -359,12 +362,50 @@ pub struct Moved {
     pub server_to_client: u64,
 }
 
-/// One connection's L4 metrics, from open to close (ztunnel's `ConnectionResult`):
-/// bytes are counted as they are spliced, and the close is recorded exactly once,
-/// by `close` or, failing that, on drop — so opened == closed by construction.
+/// What a connection's completion line (ztunnel's access log) says besides its
+/// result, bytes and duration; a field left `None` is left out of the line.
+#[derive(Debug, Clone, Default)]
+pub struct Completion {
+    /// When the connection was accepted; the record's open if `None`.
+    pub accepted: Option<Instant>,
+    pub src_addr: Option<SocketAddr>,
+    pub src_identity: Option<String>,
+    pub src_workload: Option<String>,
+    pub dst_service: Option<String>,
+    pub dst_workload: Option<String>,
+    pub dst_identity: Option<String>,
+    /// Inbound: the app address the tunnel was connected to.
+    pub dst_app: Option<SocketAddr>,
+    /// Inbound: the CONNECT's authority.
+    pub authority: Option<String>,
+    /// Outbound: the hop or hops the tunnel took.
+    pub route: Option<String>,
+    /// Inbound: the inner CONNECT of double HBONE names the client's network.
+    pub x_forwarded_network: Option<String>,
+    pub traceparent: Option<String>,
+    /// Inbound: the status the CONNECT was answered with.
+    pub status: Option<u16>,
+}
+
+/// How a connection ended, as its close and its completion line say.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub flags: ResponseFlags,
+    /// The tunnel failed (or never opened): logged at error level, as ztunnel does.
+    pub failed: bool,
+    pub error: Option<String>,
+}
+
+/// One connection's L4 metrics and access log, from open to close (ztunnel's
+/// `ConnectionResult`): bytes are counted as they are spliced, and the close and
+/// the completion line are recorded exactly once, on drop — so opened == closed
+/// by construction, also for a task cut at the drain deadline.
 pub struct ConnectionRecord {
     metrics: Arc<Metrics>,
+    reporter: Reporter,
     labels: TrafficLabels,
+    log: Completion,
+    result: Option<Outcome>,
     /// `istio_tcp_sent_bytes_total` of these labels.
     server_to_client: Counter,
     /// `istio_tcp_received_bytes_total` of these labels.
@@ -372,7 +413,6 @@ pub struct ConnectionRecord {
     bytes_server_to_client: AtomicU64,
     bytes_client_to_server: AtomicU64,
     started: Instant,
-    recorded: bool,
 }
 
 impl ConnectionRecord {
@@ -395,45 +435,68 @@ impl ConnectionRecord {
         }
     }
 
-    pub fn started(&self) -> Instant {
-        self.started
+    /// The completion line's fields, for what is learnt after the open.
+    pub fn log(&mut self) -> &mut Completion {
+        &mut self.log
     }
 
-    pub fn close(mut self, flags: ResponseFlags) {
-        self.record(flags);
-    }
-
-    fn record(&mut self, flags: ResponseFlags) {
-        if self.recorded {
-            return;
-        }
-        self.recorded = true;
-        self.labels.response_flags = flags.as_str();
-        self.metrics.closed.get_or_create(&self.labels).inc();
+    /// How the connection ended; recorded when the record is dropped.
+    pub fn finish(&mut self, outcome: Outcome) {
+        self.result = Some(outcome);
     }
 }
 
 impl Drop for ConnectionRecord {
-    /// A connection dropped without a result (a task cut at the drain deadline, a
-    /// runtime shut down) is still counted as closed, with the flags it had, and logged
-    /// as an error as ztunnel logs its drain closes.
+    /// Counts the close with its flags and writes the completion line: at info for a
+    /// clean end, at error for a failed one, and for a connection dropped without a
+    /// result (a task cut at the drain deadline, a runtime shut down), as ztunnel logs
+    /// its drain closes.
     fn drop(&mut self) {
-        if self.recorded {
-            return;
-        }
-        let flags = ResponseFlags::None;
-        self.record(flags);
+        let outcome = self.result.take().unwrap_or_else(|| Outcome {
+            flags: ResponseFlags::None,
+            failed: true,
+            error: Some("closed without a result (drain deadline or shutdown)".to_owned()),
+        });
+        self.labels.response_flags = outcome.flags.as_str();
+        self.metrics.closed.get_or_create(&self.labels).inc();
         let moved = self.moved();
-        tracing::error!(
-            reporter = self.labels.reporter,
-            src.identity = %self.labels.source_principal,
-            dst.identity = %self.labels.destination_principal,
-            client_to_server = moved.client_to_server,
-            server_to_client = moved.server_to_client,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            error = "closed without a result (drain deadline or shutdown)",
-            "connection complete"
-        );
+        // ztunnel's direction: outbound, "sent" is toward the server; inbound, toward the client.
+        let (direction, sent, received) = match self.reporter {
+            Reporter::Source => ("outbound", moved.client_to_server, moved.server_to_client),
+            Reporter::Destination => ("inbound", moved.server_to_client, moved.client_to_server),
+        };
+        let log = &self.log;
+        macro_rules! complete {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    direction,
+                    src.addr = log.src_addr.map(tracing::field::display),
+                    src.identity = log.src_identity.as_deref(),
+                    src.workload = log.src_workload.as_deref(),
+                    dst.service = log.dst_service.as_deref(),
+                    dst.workload = log.dst_workload.as_deref(),
+                    dst.identity = log.dst_identity.as_deref(),
+                    dst.app = log.dst_app.map(tracing::field::display),
+                    authority = log.authority.as_deref(),
+                    route = log.route.as_deref(),
+                    x_forwarded_network = log.x_forwarded_network.as_deref(),
+                    traceparent = log.traceparent.as_deref(),
+                    status = log.status,
+                    response_flags = outcome.flags.as_str(),
+                    bytes_sent = sent,
+                    bytes_recv = received,
+                    duration_ms = self.started.elapsed().as_millis() as u64,
+                    error = outcome.error.as_deref(),
+                    "connection complete"
+                )
+            };
+        }
+        if outcome.failed {
+            complete!(tracing::Level::ERROR);
+        } else {
+            complete!(tracing::Level::INFO);
+        }
     }
 }
 
@@ -450,10 +513,14 @@ mod tests {
         TrafficLabels::new(Reporter::Destination, &Peer::default(), &Peer::default(), None)
     }
 
+    fn open(metrics: &Arc<Metrics>) -> ConnectionRecord {
+        metrics.open(Reporter::Destination, labels(), Completion::default())
+    }
+
     #[test]
-    fn a_record_dropped_without_close_is_counted_as_closed_once() {
+    fn a_record_dropped_without_a_result_is_counted_as_closed_once() {
         let metrics = Arc::new(Metrics::default());
-        let record = metrics.open(labels());
+        let record = open(&metrics);
         record.client_to_server(7);
         drop(record);
         let text = metrics.encode();
@@ -464,9 +531,11 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_record_is_not_counted_again_when_dropped() {
+    fn a_record_is_closed_with_its_results_flags() {
         let metrics = Arc::new(Metrics::default());
-        metrics.open(labels()).close(ResponseFlags::ConnectionFailure);
+        let mut record = open(&metrics);
+        record.finish(Outcome { flags: ResponseFlags::ConnectionFailure, failed: true, error: None });
+        drop(record);
         let text = metrics.encode();
         assert_eq!(sample(&text, "istio_tcp_connections_closed_total{"), 1.0);
         assert!(text.contains(r#"response_flags="CONNECT""#), "{text}");
@@ -475,11 +544,11 @@ mod tests {
     #[test]
     fn bytes_are_counted_in_ztunnels_direction() {
         let metrics = Arc::new(Metrics::default());
-        let record = metrics.open(labels());
+        let record = open(&metrics);
         record.client_to_server(10_000);
         record.server_to_client(10);
         assert_eq!(record.moved(), Moved { client_to_server: 10_000, server_to_client: 10 });
-        record.close(ResponseFlags::None);
+        drop(record);
         let text = metrics.encode();
         assert_eq!(sample(&text, "istio_tcp_received_bytes_total{"), 10_000.0);
         assert_eq!(sample(&text, "istio_tcp_sent_bytes_total{"), 10.0);

@@ -10,10 +10,11 @@ use tokio::net::TcpListener;
 use waypoint_core::Limits;
 
 use crate::metrics::Metrics;
-use crate::pool::Pool;
+use crate::proxy::pool::Pool;
+use crate::proxy::{Context, inbound, outbound};
 use crate::tls::{Credentials, TlsError};
 use crate::tuning::Tuning;
-use crate::{admin, drain, inbound, outbound};
+use crate::{admin, drain};
 use mesh::ca::CertDir;
 use mesh::{Mesh, MeshError};
 
@@ -37,16 +38,6 @@ pub struct ShimOptions {
     /// Admin endpoint (`/metrics`, `/ready`); port 0 picks a free one.
     pub admin: SocketAddr,
     pub tuning: Tuning,
-}
-
-/// What every listener and connection task shares.
-pub(crate) struct Context {
-    pub mesh: Arc<Mesh>,
-    pub credentials: Arc<Credentials>,
-    pub metrics: Arc<Metrics>,
-    pub pool: Pool,
-    pub tuning: Tuning,
-    pub limits: Limits,
 }
 
 /// A running shim. Dropping it without `shutdown` also starts the drain.

@@ -17,9 +17,11 @@ use rustls::{
     CertificateError, ClientConfig, CommonState, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
     ServerConfig, SignatureScheme,
 };
-use waypoint_core::{Peer, SpiffeId};
+use waypoint_core::Peer;
 
 use mesh::ca::{CaError, CertDir};
+
+use crate::identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -85,7 +87,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
-struct Identity {
+/// One identity's certificate chain and key.
+struct Keys {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 }
@@ -94,7 +97,7 @@ struct Identity {
 pub struct Credentials {
     trust_domain: String,
     roots: Arc<RootCertStore>,
-    identities: HashMap<String, Identity>,
+    identities: HashMap<String, Keys>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -114,7 +117,7 @@ impl Credentials {
             let chain = read_certs(&dir.cert(identity)?)?;
             let key_path = dir.key(identity)?;
             let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|source| pem_error(&key_path, source))?;
-            loaded.insert(identity.to_owned(), Identity { chain, key });
+            loaded.insert(identity.to_owned(), Keys { chain, key });
         }
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
@@ -124,13 +127,13 @@ impl Credentials {
         })
     }
 
-    fn identity(&self, identity: &str) -> Result<&Identity, TlsError> {
+    fn keys(&self, identity: &str) -> Result<&Keys, TlsError> {
         self.identities.get(identity).ok_or_else(|| TlsError::UnknownIdentity(identity.to_owned()))
     }
 
     /// The inbound side of `identity`: client certificates required, from our trust domain.
     pub fn server_config(&self, identity: &str) -> Result<Arc<ServerConfig>, TlsError> {
-        let own = self.identity(identity)?;
+        let own = self.keys(identity)?;
         let webpki = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone()).build()?;
         let verifier = Arc::new(TrustDomainVerifier { inner: webpki, trust_domain: self.trust_domain.clone() });
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
@@ -142,11 +145,11 @@ impl Credentials {
     }
 
     /// The outbound side of `identity`, accepting only a server presenting one of `expected`.
-    pub fn client_config(&self, identity: &str, expected: &[String]) -> Result<Arc<ClientConfig>, TlsError> {
-        let own = self.identity(identity)?;
+    pub fn client_config<S: AsRef<str>>(&self, identity: &str, expected: &[S]) -> Result<Arc<ClientConfig>, TlsError> {
+        let own = self.keys(identity)?;
         let verifier = Arc::new(ExpectedIdentityVerifier {
             roots: self.roots.clone(),
-            expected: expected.to_vec(),
+            expected: Identity::all(expected),
             provider: self.provider.clone(),
         });
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
@@ -192,12 +195,12 @@ pub fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
 
 /// The identity a certificate stands for: its first URI SAN that is a SPIFFE
 /// identity (ztunnel's `identity()`; Istio's filters also take the first).
-pub fn identity_of(cert: &CertificateDer<'_>) -> Option<String> {
-    uri_sans(cert).into_iter().find(|uri| SpiffeId::parse(uri).is_some())
+pub fn identity_of(cert: &CertificateDer<'_>) -> Option<Identity> {
+    uri_sans(cert).iter().find_map(|uri| Identity::parse(uri))
 }
 
 /// The peer's SPIFFE identity on an established connection.
-pub fn peer_identity(conn: &CommonState) -> Option<String> {
+pub fn peer_identity(conn: &CommonState) -> Option<Identity> {
     identity_of(conn.peer_certificates()?.first()?)
 }
 
@@ -216,17 +219,20 @@ pub enum IdentityCheck {
 
 /// Makes `identity` the peer's principal and its namespace the peer's namespace:
 /// a certificate is verified, baggage is only claimed (PROTOCOL.md §4).
-pub fn pin_to_identity(peer: &mut Peer, identity: &str) -> IdentityCheck {
-    identity.clone_into(&mut peer.principal);
-    let Some(id) = SpiffeId::parse(identity) else { return IdentityCheck::NoIdentity };
+pub fn pin_to_identity(peer: &mut Peer, identity: Option<&Identity>) -> IdentityCheck {
+    let Some(id) = identity else {
+        peer.principal.clear();
+        return IdentityCheck::NoIdentity;
+    };
+    id.as_str().clone_into(&mut peer.principal);
     let check = if peer.namespace.is_empty() {
         IdentityCheck::Filled
-    } else if peer.namespace == id.namespace {
+    } else if peer.namespace == id.namespace() {
         IdentityCheck::Agreed
     } else {
         IdentityCheck::Contradicted
     };
-    id.namespace.clone_into(&mut peer.namespace);
+    id.namespace().clone_into(&mut peer.namespace);
     check
 }
 
@@ -255,8 +261,7 @@ impl ClientCertVerifier for TrustDomainVerifier {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         // The identity that will label the peer is the one that must be in our domain.
         let identity = identity_of(end_entity);
-        let in_domain =
-            identity.as_deref().and_then(SpiffeId::parse).is_some_and(|id| id.trust_domain == self.trust_domain);
+        let in_domain = identity.is_some_and(|id| id.trust_domain() == self.trust_domain);
         if !in_domain {
             return Err(refuse(PeerIdentityError::ForeignTrustDomain(self.trust_domain.clone())));
         }
@@ -291,7 +296,7 @@ impl ClientCertVerifier for TrustDomainVerifier {
 #[derive(Debug)]
 struct ExpectedIdentityVerifier {
     roots: Arc<RootCertStore>,
-    expected: Vec<String>,
+    expected: Vec<Identity>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -317,7 +322,7 @@ impl ServerCertVerifier for ExpectedIdentityVerifier {
             Some(identity) if self.expected.contains(&identity) => Ok(ServerCertVerified::assertion()),
             _ => Err(refuse(PeerIdentityError::Unexpected {
                 found: uri_sans(end_entity),
-                expected: self.expected.clone(),
+                expected: self.expected.iter().map(ToString::to_string).collect(),
             })),
         }
     }

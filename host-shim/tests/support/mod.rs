@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use host_shim::proxy::{http2, pool};
 use host_shim::tls::Credentials;
 use host_shim::tuning::Tuning;
-use host_shim::{Shim, ShimOptions, http2, pool};
+use host_shim::{Shim, ShimOptions};
 use mesh::Mesh;
 use mesh::ca::{self, CertDir};
 use serde_json::{Value, json};

@@ -10,66 +10,28 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 
+use super::{Error, HboneStream, http2};
 use crate::drain;
-use crate::http2;
-use crate::metrics::{Metrics, Refusal};
-use crate::tls::{self, Credentials, HandshakeFailure, TlsError};
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::tls::{self, Credentials};
 use crate::tuning::Tuning;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    #[error("TCP connect to {0} failed: {1}")]
-    Connect(SocketAddr, std::io::Error),
-    #[error("TLS handshake with {0} failed: {1}")]
-    Handshake(SocketAddr, std::io::Error),
-    #[error("HTTP/2 with {0} failed: {1}")]
-    Http2(SocketAddr, h2::Error),
-    #[error("no client credentials: {0}")]
-    Credentials(#[from] TlsError),
-    /// The connect this caller waited for, shared with the other callers, failed.
-    #[error("{0}")]
-    Shared(Arc<PoolError>),
-    #[error("the connect to {0} was abandoned")]
-    Abandoned(SocketAddr),
-}
-
-impl PoolError {
-    pub fn refusal(&self) -> Refusal {
-        match self {
-            Self::Connect(..) | Self::Credentials(_) | Self::Abandoned(_) => Refusal::UpstreamUnreachable,
-            Self::Handshake(_, e) => Refusal::Handshake(HandshakeFailure::classify(e)),
-            Self::Http2(..) => Refusal::UpstreamHttp2,
-            Self::Shared(e) => e.refusal(),
-        }
-    }
-}
 
 /// Which connections may carry a stream: ztunnel's WorkloadKey.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     /// The client workload's identity, presented as our certificate.
-    pub source: String,
+    pub source: Identity,
     /// The client workload's address, bound as the connection's source (its pod IP).
     pub source_address: IpAddr,
     /// The HBONE endpoint: a pod's ztunnel, a waypoint or an east-west gateway.
     pub destination: SocketAddr,
     /// The identities the destination may present.
-    pub expected: Vec<String>,
-}
-
-/// An established CONNECT: the response, our sending half, the peer's verified
-/// identity, and the pooled connection's slot it occupies until dropped (none for
-/// the unpooled inner connection of double HBONE, which holds the outer slot itself).
-pub struct Stream {
-    pub response: http::Response<RecvStream>,
-    pub send: SendStream<Bytes>,
-    pub peer_identity: String,
-    pub slot: Option<Slot>,
+    pub expected: Vec<Identity>,
 }
 
 #[derive(Clone)]
@@ -78,7 +40,7 @@ pub struct Pool {
 }
 
 /// The outcome of a connect in flight, once known; every waiting caller reads it.
-type Pending = watch::Receiver<Option<Result<(), Arc<PoolError>>>>;
+type Pending = watch::Receiver<Option<Result<(), Arc<Error>>>>;
 
 /// The connections of one key, and the connect in flight for it (at most one).
 #[derive(Default)]
@@ -107,7 +69,7 @@ impl PoolInner {
 struct Connection {
     id: u64,
     sender: SendRequest<Bytes>,
-    peer_identity: String,
+    peer_identity: Option<Identity>,
     max_streams: usize,
     active: AtomicUsize,
     idle_since: Mutex<Instant>,
@@ -153,27 +115,35 @@ impl Pool {
     }
 
     /// Sends a CONNECT on a pooled connection to `key.destination`, opening one if
-    /// every connection is at its stream limit. Returns once the response headers arrived.
-    pub async fn send(&self, key: &PoolKey, request: http::Request<()>) -> Result<Stream, PoolError> {
+    /// every connection is at its stream limit. Returns once the response headers
+    /// arrived: the response (any status) and the stream, holding its slot.
+    pub async fn send(
+        &self,
+        key: &PoolKey,
+        request: http::Request<()>,
+    ) -> Result<(http::response::Parts, HboneStream), Error> {
         let slot = self.checkout(key).await?;
         let connection = slot.0.clone();
         let fail = |e: h2::Error| {
             if e.is_go_away() || e.is_io() {
                 connection.closed.store(true, Ordering::Release);
             }
-            PoolError::Http2(key.destination, e)
+            Error::PeerHttp2(key.destination, e)
         };
         let mut sender = connection.sender.clone().ready().await.map_err(fail)?;
         let (response, send) = sender.send_request(request, false).map_err(fail)?;
         let response = response.await.map_err(fail)?;
         self.inner.metrics.pool_streams_opened.inc();
-        Ok(Stream { response, send, peer_identity: connection.peer_identity.clone(), slot: Some(slot) })
+        let (response, recv) = response.into_parts();
+        let stream = HboneStream::new(send, recv, self.inner.tuning.splice_buffer)
+            .with_peer(connection.peer_identity.clone(), Some(slot));
+        Ok((response, stream))
     }
 
     /// A slot on a connection with room, joining (or starting) the one connect in
     /// flight for this key when there is none: N callers to a dead peer wait for one
     /// connect, not N in a row.
-    async fn checkout(&self, key: &PoolKey) -> Result<Slot, PoolError> {
+    async fn checkout(&self, key: &PoolKey) -> Result<Slot, Error> {
         loop {
             let mut pending = {
                 let mut entries = self.inner.entries();
@@ -193,13 +163,13 @@ impl Pool {
             };
             let outcome = match pending.wait_for(Option::is_some).await {
                 Ok(outcome) => outcome.clone(),
-                Err(_) => return Err(PoolError::Abandoned(key.destination)),
+                Err(_) => return Err(Error::Abandoned(key.destination)),
             };
             match outcome {
                 // A new connection is in the pool: race for its slots.
                 Some(Ok(())) => continue,
-                Some(Err(e)) => return Err(PoolError::Shared(e)),
-                None => return Err(PoolError::Abandoned(key.destination)),
+                Some(Err(e)) => return Err(Error::Shared(e)),
+                None => return Err(Error::Abandoned(key.destination)),
             }
         }
     }
@@ -228,15 +198,15 @@ impl Pool {
         pending
     }
 
-    async fn connect(&self, key: &PoolKey) -> Result<Arc<Connection>, PoolError> {
+    async fn connect(&self, key: &PoolKey) -> Result<Arc<Connection>, Error> {
         let tuning = &self.inner.tuning;
         self.inner.metrics.pool_connect_attempts.inc();
         let tcp = connect_from(key.source_address, key.destination, tuning).await?;
-        let config = self.inner.credentials.client_config(&key.source, &key.expected)?;
-        let tls = tls_connect(config, tcp, tuning).await.map_err(|e| PoolError::Handshake(key.destination, e))?;
-        let peer_identity = tls::peer_identity(tls.get_ref().1).unwrap_or_default();
+        let config = self.inner.credentials.client_config(key.source.as_str(), &key.expected)?;
+        let tls = tls_connect(config, tcp, tuning).await.map_err(|e| Error::Handshake(key.destination, e))?;
+        let peer_identity = tls::peer_identity(tls.get_ref().1);
         let (sender, connection) =
-            http2::client_handshake(tls, tuning).await.map_err(|e| PoolError::Http2(key.destination, e))?;
+            http2::client_handshake(tls, tuning).await.map_err(|e| Error::PeerHttp2(key.destination, e))?;
         let max_streams = tuning.pool_max_streams_per_connection.min(connection.max_concurrent_send_streams()).max(1);
         let pooled = Arc::new(Connection {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
@@ -312,8 +282,8 @@ where
 }
 
 /// A TCP connection from `source` (the client's pod IP) with the connect timeout.
-pub async fn connect_from(source: IpAddr, destination: SocketAddr, tuning: &Tuning) -> Result<TcpStream, PoolError> {
-    let fail = |e| PoolError::Connect(destination, e);
+pub async fn connect_from(source: IpAddr, destination: SocketAddr, tuning: &Tuning) -> Result<TcpStream, Error> {
+    let fail = |e| Error::Connect(destination, e);
     let socket = if destination.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(fail)?;
     if source.is_ipv4() == destination.is_ipv4() {
         socket.bind(SocketAddr::new(source, 0)).map_err(fail)?;

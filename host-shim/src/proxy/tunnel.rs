@@ -1,4 +1,5 @@
-//! One HTTP/2 stream as a byte stream, and the splice that joins two byte
+//! The halves of one HTTP/2 stream as bytes (joined, they are
+//! [`HboneStream`](super::HboneStream)), and the splice that joins two byte
 //! streams with backpressure and half-close, counting bytes as they move.
 //!
 //! How a tunnel ends is what ztunnel records: END_STREAM both ways (or a reset
@@ -60,8 +61,16 @@ pub struct H2Writer {
     max_write: usize,
 }
 
-pub fn h2_stream(send: SendStream<Bytes>, recv: RecvStream, max_write: usize) -> (H2Reader, H2Writer) {
-    (H2Reader { recv, chunk: Bytes::new() }, H2Writer { send, max_write })
+impl H2Reader {
+    pub fn new(recv: RecvStream) -> Self {
+        Self { recv, chunk: Bytes::new() }
+    }
+}
+
+impl H2Writer {
+    pub fn new(send: SendStream<Bytes>, max_write: usize) -> Self {
+        Self { send, max_write }
+    }
 }
 
 impl AsyncBufRead for H2Reader {
@@ -148,33 +157,6 @@ impl AsyncWrite for H2Writer {
             StreamError::Reset(Reason::NO_ERROR) => Ok(()),
             e => Err(e.into_io()),
         })
-    }
-}
-
-/// Both halves of a stream as one duplex byte stream: the transport of the inner
-/// TLS connection of double HBONE.
-pub struct H2Io {
-    pub reader: H2Reader,
-    pub writer: H2Writer,
-}
-
-impl AsyncRead for H2Io {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.reader).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for H2Io {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.writer).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.writer).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.writer).poll_shutdown(cx)
     }
 }
 

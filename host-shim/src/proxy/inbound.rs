@@ -16,29 +16,13 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use waypoint_core::{Peer, baggage};
 
+use super::tunnel::{self, Ending};
+use super::{Context, Error, HboneStream, http2};
 use crate::drain;
-use crate::http2;
-use crate::metrics::{ConnectionRecord, Refusal, Reporter, ResponseFlags, TrafficLabels};
-use crate::shim::Context;
+use crate::identity::Identity;
+use crate::metrics::{Completion, ConnectionRecord, Outcome, Refusal, Reporter, ResponseFlags, TrafficLabels};
 use crate::tls::{self, HandshakeFailure, IdentityCheck};
-use crate::tunnel::{self, Ending};
 use mesh::{Mesh, Service, Workload};
-
-#[derive(Debug, thiserror::Error)]
-pub enum InboundError {
-    #[error("TLS handshake: {0}")]
-    Handshake(std::io::Error),
-    #[error("HTTP/2: {0}")]
-    Http2(#[from] h2::Error),
-    #[error("connecting to the app at {0}: {1}")]
-    App(SocketAddr, std::io::Error),
-    #[error("response: {0}")]
-    Response(#[from] http::Error),
-    #[error("tunnel: {0}")]
-    Splice(std::io::Error),
-    #[error("closed at the drain deadline")]
-    Drained,
-}
 
 /// Where an accepted CONNECT goes: the app's address and the service it was for.
 #[derive(Debug)]
@@ -102,7 +86,11 @@ fn forwarded_host(value: &[u8]) -> Option<&[u8]> {
 /// The client as its `baggage` and verified TLS identity describe it. Baggage
 /// is hostile input: too large or malformed reads as unknown, and the identity's
 /// namespace wins over the one baggage claims (the check says whether they disagreed).
-pub fn source_peer(headers: &HeaderMap, identity: &str, limits: &waypoint_core::Limits) -> (Peer, IdentityCheck) {
+pub fn source_peer(
+    headers: &HeaderMap,
+    identity: Option<&Identity>,
+    limits: &waypoint_core::Limits,
+) -> (Peer, IdentityCheck) {
     let mut raw = Vec::new();
     for value in headers.get_all("baggage") {
         if !raw.is_empty() {
@@ -160,7 +148,7 @@ async fn connection(
             return refuse_connection(&ctx, peer, &workload, Refusal::Handshake(HandshakeFailure::Other), &e);
         }
     };
-    let identity = tls::peer_identity(tls.get_ref().1).unwrap_or_default();
+    let identity = tls::peer_identity(tls.get_ref().1);
     // A client that finished TLS but never sends the HTTP/2 preface is dropped.
     let mut h2 = match tokio::time::timeout(tuning.h2_handshake_timeout, http2::server_handshake(tls, &tuning)).await {
         Ok(Ok(h2)) => h2,
@@ -168,7 +156,6 @@ async fn connection(
         Err(_) => return refuse_connection(&ctx, peer, &workload, Refusal::Http2Handshake, &"preface timed out"),
     };
     ctx.metrics.inbound_connections.inc();
-    let identity: Arc<str> = identity.into();
     let keepalive = http2::keepalive(h2.ping_pong(), tuning);
     tokio::pin!(keepalive);
     let streams = Arc::new(OpenStreams::default());
@@ -181,7 +168,7 @@ async fn connection(
         tokio::select! {
             accepted = h2.accept() => match accepted {
                 Some(Ok(request)) => {
-                    let stream = Stream {
+                    let stream = Connect {
                         peer,
                         identity: identity.clone(),
                         workload: workload.clone(),
@@ -270,16 +257,17 @@ fn refuse_connection(
 }
 
 /// One CONNECT stream and what it needs to know about its connection.
-struct Stream {
+struct Connect {
     peer: SocketAddr,
-    identity: Arc<str>,
+    /// The client's verified identity (`None`: its certificate names none we read).
+    identity: Option<Identity>,
     workload: Arc<Workload>,
     ctx: Arc<Context>,
     /// Keeps the connection from counting as idle while this stream lives.
     _open: OpenStream,
 }
 
-impl Stream {
+impl Connect {
     async fn serve(self, (request, mut respond): (Request<RecvStream>, SendResponse<Bytes>), drain: drain::Watcher) {
         let (parts, body) = request.into_parts();
         let mesh = &self.ctx.mesh;
@@ -291,64 +279,47 @@ impl Stream {
                 return;
             }
         };
-        let (source, check) = source_peer(&parts.headers, &self.identity, &self.ctx.limits);
+        let (source, check) = source_peer(&parts.headers, self.identity.as_ref(), &self.ctx.limits);
         if check == IdentityCheck::Contradicted {
             self.ctx.metrics.identity_mismatch(Reporter::Destination, Reporter::Source);
             tracing::warn!(
-                direction = "inbound", src.addr = %self.peer, src.identity = %self.identity,
+                direction = "inbound", src.addr = %self.peer, src.identity = self.identity.as_ref().map(Identity::as_str),
                 "request baggage claims a namespace its identity contradicts; the identity wins"
             );
         }
         let destination = mesh.peer_of(&self.workload);
         let labels = TrafficLabels::new(Reporter::Destination, &source, &destination, target.service);
-        let record = self.ctx.metrics.open(labels);
+        let header = |name: &str| parts.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let log = Completion {
+            src_addr: Some(self.peer),
+            src_identity: Some(self.identity.as_ref().map(ToString::to_string).unwrap_or_default()),
+            src_workload: Some(source.workload_name.clone()),
+            dst_workload: Some(self.workload.name.clone()),
+            dst_app: Some(target.app),
+            authority: Some(authority),
+            x_forwarded_network: header("x-forwarded-network"),
+            traceparent: header("traceparent"),
+            ..Completion::default()
+        };
+        let mut record = self.ctx.metrics.open(Reporter::Destination, labels, log);
 
         let result = tokio::select! {
             result = self.connect_and_splice(respond, body, &target, &destination, &record) => result,
-            () = drain.forced() => Err(InboundError::Drained),
+            () = drain.forced() => Err(Error::Drained),
         };
-        let (flags, status, failed, error) = match result {
+        let (outcome, status) = match result {
             Ok(ending) => {
                 let failed = matches!(ending, Ending::Failed(_));
                 let flags = if failed { ResponseFlags::ConnectionFailure } else { ResponseFlags::None };
-                (flags, 200, failed, ending.error().map(ToString::to_string))
+                (Outcome { flags, failed, error: ending.error().map(ToString::to_string) }, 200)
             }
-            Err(e @ InboundError::App(..)) => (Refusal::AppUnreachable.flags(), 503, true, Some(e.to_string())),
-            Err(e) => (ResponseFlags::None, 200, true, Some(e.to_string())),
+            Err(e @ Error::App(..)) => {
+                (Outcome { flags: Refusal::AppUnreachable.flags(), failed: true, error: Some(e.to_string()) }, 503)
+            }
+            Err(e) => (Outcome { flags: ResponseFlags::None, failed: true, error: Some(e.to_string()) }, 200),
         };
-        let moved = record.moved();
-        let duration_ms = record.started().elapsed().as_millis() as u64;
-        record.close(flags);
-        // ztunnel's access log: info for a clean end, error for a failed one. Inbound,
-        // "sent" is toward the client (server → client), "recv" from it.
-        macro_rules! complete {
-            ($level:expr) => {
-                tracing::event!(
-                    $level,
-                    direction = "inbound",
-                    src.addr = %self.peer,
-                    src.identity = %self.identity,
-                    src.workload = %source.workload_name,
-                    dst.workload = %self.workload.name,
-                    dst.app = %target.app,
-                    authority = %authority,
-                    x_forwarded_network = ?parts.headers.get("x-forwarded-network"),
-                    traceparent = ?parts.headers.get("traceparent"),
-                    status,
-                    response_flags = flags.as_str(),
-                    bytes_sent = moved.server_to_client,
-                    bytes_recv = moved.client_to_server,
-                    duration_ms,
-                    error,
-                    "connection complete"
-                )
-            };
-        }
-        if failed {
-            complete!(tracing::Level::ERROR);
-        } else {
-            complete!(tracing::Level::INFO);
-        }
+        record.log().status = Some(status);
+        record.finish(outcome);
     }
 
     async fn connect_and_splice(
@@ -358,24 +329,27 @@ impl Stream {
         target: &Target<'_>,
         destination: &Peer,
         record: &ConnectionRecord,
-    ) -> Result<Ending, InboundError> {
+    ) -> Result<Ending, Error> {
         let tuning = &self.ctx.tuning;
         let app = match connect(target.app, tuning).await {
             Ok(app) => app,
             Err(e) => {
                 self.ctx.metrics.refuse(Reporter::Destination, Refusal::AppUnreachable);
-                let _ = respond.send_response(status_only(StatusCode::SERVICE_UNAVAILABLE)?, true);
-                return Err(InboundError::App(target.app, e));
+                let _ =
+                    respond.send_response(status_only(StatusCode::SERVICE_UNAVAILABLE).map_err(Error::Response)?, true);
+                return Err(Error::App(target.app, e));
             }
         };
         let ok = Response::builder()
             .status(StatusCode::OK)
             .header("baggage", baggage::encode_ztunnel(destination))
-            .body(())?;
+            .body(())
+            .map_err(Error::Response)?;
         let send = respond.send_response(ok, false)?;
         let (app_read, app_write) = app.into_split();
         let app_side = (BufReader::with_capacity(tuning.splice_buffer, app_read), app_write);
-        let tunnel_side = tunnel::h2_stream(send, body, tuning.splice_buffer);
+        let (reader, writer, _) = HboneStream::new(send, body, tuning.splice_buffer).into_split();
+        let tunnel_side = (reader, writer);
         // The tunnel is the client's side: what it carries to the app is client → server.
         Ok(Ending::of(tunnel::splice(tunnel_side, app_side, record).await))
     }
@@ -392,7 +366,7 @@ impl Stream {
             let _ = respond.send_response(response, true);
         }
         tracing::info!(
-            direction = "inbound", src.addr = %self.peer, src.identity = %self.identity,
+            direction = "inbound", src.addr = %self.peer, src.identity = self.identity.as_ref().map(Identity::as_str),
             dst.workload = %self.workload.name, %method, authority = %authority,
             status = status.as_u16(), reason = refusal.as_str(), "connection refused"
         );
@@ -416,8 +390,12 @@ async fn connect(app: SocketAddr, tuning: &crate::tuning::Tuning) -> std::io::Re
 mod tests {
     use super::*;
 
+    fn cart() -> Option<Identity> {
+        Identity::parse("spiffe://td/ns/shop/sa/cart")
+    }
+
     fn mesh() -> Mesh {
-        Mesh::parse(include_str!("../../mesh/mesh.example.json")).unwrap()
+        Mesh::parse(include_str!("../../../mesh/mesh.example.json")).unwrap()
     }
 
     fn check(authority: &str, method: Method) -> Result<SocketAddr, Refusal> {
@@ -463,8 +441,7 @@ mod tests {
 
     #[test]
     fn the_spiffe_namespace_fills_a_source_without_baggage() {
-        let (peer, check) =
-            source_peer(&HeaderMap::new(), "spiffe://td/ns/shop/sa/cart", &waypoint_core::Limits::default());
+        let (peer, check) = source_peer(&HeaderMap::new(), cart().as_ref(), &waypoint_core::Limits::default());
         assert_eq!((peer.namespace.as_str(), peer.workload_name.as_str()), ("shop", ""));
         assert_eq!(check, IdentityCheck::Filled);
     }
@@ -473,7 +450,7 @@ mod tests {
     fn the_spiffe_namespace_wins_over_a_forged_baggage_namespace() {
         let mut headers = HeaderMap::new();
         headers.insert("baggage", "k8s.namespace.name=kube-system,k8s.deployment.name=cart".parse().unwrap());
-        let (peer, check) = source_peer(&headers, "spiffe://td/ns/shop/sa/cart", &waypoint_core::Limits::default());
+        let (peer, check) = source_peer(&headers, cart().as_ref(), &waypoint_core::Limits::default());
         assert_eq!((peer.namespace.as_str(), peer.workload_name.as_str()), ("shop", "cart"));
         assert_eq!(check, IdentityCheck::Contradicted);
     }
