@@ -7,26 +7,14 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::time::Duration;
 
 use waypoint_core::contract::{ERROR_REASON_TAG, GRPC_STATS_FILTER_STATE};
-use waypoint_core::host::{HeaderMap, HostError, MetricKind, Metrics, Stream as HostStream};
+use waypoint_core::host::{HeaderMap, HostError, HostStatus, MetricKind, Metrics, Stream as HostStream};
 use waypoint_core::labels::{
-    BUILD, BUILD_TAGS, LABEL_NAMES, REQUEST_BYTES, REQUEST_DURATION, REQUEST_MESSAGES, REQUESTS_TOTAL, RESPONSE_BYTES,
-    RESPONSE_MESSAGES,
+    BUILD, BUILD_TAGS, ERRORS_TOTAL, LABEL_NAMES, REQUEST_BYTES, REQUEST_DURATION, REQUEST_MESSAGES, REQUESTS_TOTAL,
+    RESPONSE_BYTES, RESPONSE_MESSAGES, Series,
 };
-use waypoint_core::worker::ERRORS_TOTAL;
-
-/// Interim: the seam's statuses until the typed seam lands.
-#[derive(Debug, Clone, Copy)]
-enum HostStatus {
-    NotFound,
-    BadArgument,
-    Internal,
-}
-
-fn host_error(call: &'static str, status: HostStatus) -> HostError {
-    HostError { call, status: format!("{status:?}") }
-}
 
 use crate::abi::{self, Attribute, ConfigBeingCreated, HeaderKind, Stream};
 
@@ -110,7 +98,7 @@ impl<'hook> Envoy<'hook> {
 
     /// Adds to, sets or records into series `id`.
     fn emit(&self, call: &'static str, id: u32, value: u64) -> Result<(), HostError> {
-        let failed = |status| host_error(call, status);
+        let failed = |status| HostError { call, status };
         let (metric, values) = SERIES
             .with(|table| {
                 let table = table.try_borrow().ok()?;
@@ -136,7 +124,7 @@ fn kind(map: HeaderMap) -> HeaderKind {
 }
 
 fn refused(call: &'static str) -> HostError {
-    host_error(call, HostStatus::Internal)
+    HostError { call, status: HostStatus::Internal }
 }
 
 impl HostStream for Envoy<'_> {
@@ -156,46 +144,60 @@ impl HostStream for Envoy<'_> {
         self.stream.add_header(kind(map), name, value).then_some(()).ok_or(refused("http_add_header"))
     }
 
-    fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
-        let int = |attribute| self.stream.attribute_int(attribute).map(|v| v.to_le_bytes().to_vec());
-        Ok(match path {
-            ["connection", "id"] => int(Attribute::ConnectionId),
-            ["upstream", "uri_san_peer_certificate"] => {
-                self.stream.attribute_string(Attribute::UpstreamUriSanPeerCertificate)
-            }
-            ["xds", "cluster_name"] => self.stream.attribute_string(Attribute::XdsClusterName),
-            ["response", "flags"] => int(Attribute::ResponseFlags),
-            ["request", "duration"] => self
-                .stream
-                .attribute_int(Attribute::RequestDuration)
-                .map(|ms| ms.saturating_mul(1_000_000).to_le_bytes().to_vec()),
-            ["request", "total_size"] => int(Attribute::RequestTotalSize),
-            ["response", "total_size"] => int(Attribute::ResponseTotalSize),
-            ["filter_state", key] if *key == GRPC_STATS_FILTER_STATE => self.stream.filter_state(key),
-            _ => return Err(host_error("get_attribute", HostStatus::NotFound)),
-        })
+    fn connection_id(&self) -> Result<Option<u64>, HostError> {
+        Ok(self.stream.attribute_int(Attribute::ConnectionId))
+    }
+
+    fn upstream_peer_uri_san(&self) -> Result<Option<Vec<u8>>, HostError> {
+        Ok(self.stream.attribute_string(Attribute::UpstreamUriSanPeerCertificate))
+    }
+
+    fn cluster_name(&self) -> Result<Option<Vec<u8>>, HostError> {
+        Ok(self.stream.attribute_string(Attribute::XdsClusterName))
+    }
+
+    fn response_flags(&self) -> Result<u64, HostError> {
+        Ok(self.stream.attribute_int(Attribute::ResponseFlags).unwrap_or(0))
+    }
+
+    fn request_duration(&self) -> Result<Duration, HostError> {
+        // Envoy hands the duration as an integer count of milliseconds.
+        Ok(Duration::from_millis(self.stream.attribute_int(Attribute::RequestDuration).unwrap_or(0)))
+    }
+
+    fn request_total_size(&self) -> Result<u64, HostError> {
+        Ok(self.stream.attribute_int(Attribute::RequestTotalSize).unwrap_or(0))
+    }
+
+    fn response_total_size(&self) -> Result<u64, HostError> {
+        Ok(self.stream.attribute_int(Attribute::ResponseTotalSize).unwrap_or(0))
+    }
+
+    fn grpc_messages(&self) -> Result<Option<(u64, u64)>, HostError> {
+        Ok(self.stream.filter_state(GRPC_STATS_FILTER_STATE).and_then(|bytes| grpc_stats(&bytes)))
     }
 }
 
+/// `GrpcStatsObject::serializeAsString`: `<request messages>,<response messages>`.
+fn grpc_stats(bytes: &[u8]) -> Option<(u64, u64)> {
+    let (requests, responses) = std::str::from_utf8(bytes).ok()?.split_once(',')?;
+    Some((requests.trim().parse().ok()?, responses.trim().parse().ok()?))
+}
+
 impl Metrics for Envoy<'_> {
-    fn define(&self, kind: MetricKind, stat_name: &str) -> Result<u32, HostError> {
-        let failed = |status| host_error("define series", status);
-        let mut parts = stat_name.split(';');
-        let name = parts.next().unwrap_or_default();
-        let pairs: Vec<(&str, &str)> = parts.filter_map(|p| p.split_once('=')).collect();
-        let names: Vec<&str> = pairs.iter().map(|(n, _)| *n).collect();
-        let values: Vec<&str> = pairs.iter().map(|(_, v)| *v).collect();
+    fn define(&self, kind: MetricKind, series: &Series<'_>) -> Result<u32, HostError> {
+        let failed = |status| HostError { call: "define series", status };
         let metric = METRICS
             .iter()
-            .position(|(n, k, labels)| *n == name && *k == kind && *labels == names.as_slice())
+            .position(|(name, k, labels)| *name == series.name() && *k == kind && *labels == series.label_names())
             .ok_or(failed(HostStatus::BadArgument))?;
         SERIES
-            .with(|table| table.try_borrow_mut().ok().and_then(|mut t| t.intern(metric, &values)))
+            .with(|table| table.try_borrow_mut().ok().and_then(|mut t| t.intern(metric, series.label_values())))
             .ok_or(failed(HostStatus::Internal))
     }
 
     fn increment(&self, id: u32, by: i64) -> Result<(), HostError> {
-        let by = u64::try_from(by).map_err(|_| host_error("http_filter_increment_counter", HostStatus::BadArgument))?;
+        let by = u64::try_from(by).map_err(|_| HostError { call: "http_filter_increment_counter", status: HostStatus::BadArgument })?;
         self.emit("http_filter_increment_counter", id, by)
     }
 
