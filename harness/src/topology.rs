@@ -21,11 +21,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use envoy_config::eastwest::{self, EastWest};
+use envoy_config::template::Edge;
+use envoy_config::waypoint::{self, Waypoint};
 use hbone_peers::{DestinationConfig, HboneDestination, TlsFiles};
-use host_shim::ca::{self, CertDir};
-use host_shim::config::Mesh;
-use host_shim::eastwest::{self, EastWest};
-use host_shim::waypoint::{self, Waypoint};
+use mesh::Mesh;
+use mesh::ca::{self, CertDir};
 use serde_json::json;
 
 use crate::HarnessError;
@@ -178,7 +179,7 @@ pub struct Options {
     /// The waypoint plugin's limits (e.g. a low `max_label_sets` for the cardinality tests).
     pub limits: waypoint_core::Limits,
     /// The waypoint's edge-proxy timeouts and connection limit.
-    pub edge: waypoint::Edge,
+    pub edge: Edge,
 }
 
 impl Default for Options {
@@ -191,7 +192,7 @@ impl Default for Options {
             ratings: PodHbone::Ztunnel,
             grpc: false,
             limits: waypoint_core::Limits::default(),
-            edge: waypoint::Edge::default(),
+            edge: Edge::default(),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! `host-shim`: the mesh CA, the ztunnel stand-in, and the east-west gateway
-//! config renderer. See the crate docs (src/lib.rs) and README.md.
+//! `host-shim`: the ztunnel stand-in (`run`), and the command line of the mesh CA
+//! (`ca`, from the `mesh` crate) and of the Envoy config renderer (`*-config`, from
+//! `envoy-config`). See the crate docs (src/lib.rs) and README.md.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use host_shim::ca::{self, CertDir};
-use host_shim::config::Mesh;
-use host_shim::eastwest::{self, EastWest};
+use envoy_config::eastwest::{self, EastWest};
+use envoy_config::waypoint::{self, Waypoint};
 use host_shim::tuning::Tuning;
-use host_shim::waypoint::{self, Waypoint};
 use host_shim::{Shim, ShimOptions};
+use mesh::Mesh;
+use mesh::ca::{self, CertDir};
 
 #[derive(Parser)]
 #[command(version, about = "Istio ztunnel's HBONE endpoints for local waypoint testing")]

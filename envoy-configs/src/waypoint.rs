@@ -15,13 +15,12 @@ use waypoint_core::contract::{
 use waypoint_core::labels::{BUILD_TAGS, LABEL_NAMES, stats_tag_regex};
 use waypoint_core::{Limits, endpoint};
 
-use crate::ca::{CaError, CertDir};
-use crate::config::{Mesh, Service, Workload};
-pub use crate::template::Edge;
-use crate::template::{self, quoted};
+use crate::template::{self, Edge, quoted};
+use mesh::ca::{CaError, CertDir};
+use mesh::{Mesh, Service, Workload};
 
 /// The template, built in so the binary and the tests render the same file.
-pub const TEMPLATE: &str = include_str!("../../envoy-configs/waypoint.yaml.in");
+pub const TEMPLATE: &str = include_str!("../waypoint.yaml.in");
 
 #[derive(Debug, thiserror::Error)]
 pub enum WaypointError {
@@ -361,83 +360,9 @@ fn yaml_list_items(items: &[Value]) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::eastwest::{self, EastWest};
-
-    /// The Envoy the project runs (`make build` installs it); a missing one fails the test.
-    fn envoy() -> std::path::PathBuf {
-        let default =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib/python3.11/site-packages/envoy/_bin/envoy");
-        let path = std::env::var_os("ENVOY_BIN").map(std::path::PathBuf::from).unwrap_or(default);
-        assert!(path.is_file(), "no Envoy at {} (run `make build`, or set ENVOY_BIN)", path.display());
-        path
-    }
-
-    /// Envoy itself checks the config: `--mode validate` loads every listener, cluster,
-    /// filter and certificate without serving.
-    fn assert_envoy_accepts(dir: &Path, name: &str, yaml: &str) {
-        let file = dir.join(name);
-        std::fs::write(&file, yaml).unwrap();
-        let out = std::process::Command::new(envoy())
-            .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "Envoy rejects {name}:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    #[test]
-    fn envoy_accepts_the_rendered_waypoint_plain_waypoint_and_gateway() {
-        let mesh = Mesh::parse(include_str!("../mesh.example.json")).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let identities = [
-            "spiffe://cluster.local/ns/bookinfo/sa/waypoint".to_owned(),
-            "spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway".to_owned(),
-        ];
-        let certs = crate::ca::generate(&dir.path().join("certs"), &identities).unwrap();
-        // Validation loads the module too: the built one (`make build`).
-        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/waypoint.wasm");
-        let wasm = std::env::var_os("WAYPOINT_WASM").map(std::path::PathBuf::from).unwrap_or(default);
-        assert!(wasm.is_file(), "no module at {} (run `make build`, or set WAYPOINT_WASM)", wasm.display());
-        let params = Waypoint {
-            mesh: &mesh,
-            workload: "waypoint",
-            certs: &certs,
-            wasm: &wasm,
-            admin: "127.0.0.1:15000".parse().unwrap(),
-            access_log: &dir.path().join("waypoint.log"),
-            baggage_discovery: true,
-            telemetry: true,
-            limits: Limits::default(),
-            edge: Edge::default(),
-        };
-        assert_envoy_accepts(dir.path(), "waypoint.yaml", &render(TEMPLATE, &params).unwrap());
-        let plain = render(TEMPLATE, &Waypoint { telemetry: false, ..params }).unwrap();
-        for gone in ["x-wp-", "envoy.filters.http.wasm", "wp.peer_", "http.header_mutation.v3", "grpc_stats.v3"] {
-            assert!(!plain.contains(gone), "{gone} is one of the project's filters");
-        }
-        assert_envoy_accepts(dir.path(), "plain.yaml", &plain);
-        let gateway = eastwest::render(
-            eastwest::TEMPLATE,
-            &EastWest {
-                mesh: &mesh,
-                network: "network-b",
-                certs: &certs,
-                admin: "127.0.0.1:15001".parse().unwrap(),
-                access_log: &dir.path().join("gateway.log"),
-            },
-        )
-        .unwrap();
-        assert_envoy_accepts(dir.path(), "gateway.yaml", &gateway);
-    }
-
     #[test]
     fn endpoints_carry_istio_endpoint_metadata() {
-        let mesh = Mesh::parse(include_str!("../mesh.example.json")).unwrap();
+        let mesh = Mesh::parse(include_str!("../../mesh/mesh.example.json")).unwrap();
         let reviews = mesh.services.iter().find(|s| s.name == "reviews").unwrap();
         let pod = mesh.workload("reviews-v1").unwrap();
         let direct = direct_endpoint(&mesh, reviews, pod);
