@@ -197,7 +197,8 @@ impl Metrics for Envoy<'_> {
     }
 
     fn increment(&self, id: u32, by: i64) -> Result<(), HostError> {
-        let by = u64::try_from(by).map_err(|_| HostError { call: "http_filter_increment_counter", status: HostStatus::BadArgument })?;
+        let by = u64::try_from(by)
+            .map_err(|_| HostError { call: "http_filter_increment_counter", status: HostStatus::BadArgument })?;
         self.emit("http_filter_increment_counter", id, by)
     }
 

@@ -11,12 +11,9 @@ use waypoint_core::worker::Worker;
 use crate::abi::{self, Attribute, ConfigBeingCreated, LogLevel, Stream};
 use crate::envoy::{self, Envoy, MetricIds};
 
-/// Filter names, as `filter_name` in the Envoy configuration gives them.
-pub const DOWNSTREAM: &str = "downstream";
-pub const UPSTREAM: &str = "upstream";
-pub const STATS: &str = "stats";
-/// Does nothing: the benchmark's floor, Envoy's own cost of a dynamic module.
-pub const NOOP: &str = "noop";
+use waypoint_core::contract::{
+    ROLE_DOWNSTREAM as DOWNSTREAM, ROLE_NOOP as NOOP, ROLE_STATS as STATS, ROLE_UPSTREAM as UPSTREAM,
+};
 
 enum Role {
     Downstream(roles::Downstream),
