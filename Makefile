@@ -34,8 +34,10 @@ build: setup
 	cp --remove-destination target/release/libwaypoint_native.so dist/libwaypoint_native.so
 	@ls -l dist
 
+# ENGINE=native runs the waypoint's filters as the native dynamic module.
+ENGINE ?= wasm
 demo: build
-	$(CARGO) run --release -q -p harness --bin demo
+	ENGINE=$(ENGINE) $(CARGO) run --release -q -p harness --bin demo
 
 test: build lint test-native test-wasm-engine testbed-test
 
