@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use waypoint_core::contract::{ERROR_REASON_TAG, GRPC_STATS_FILTER_STATE};
 use waypoint_core::host::{HeaderMap, HostError, HostStatus, MetricKind, Metrics, Stream as HostStream};
@@ -89,11 +89,18 @@ impl SeriesTable {
 pub struct Envoy<'hook> {
     stream: Stream<'hook>,
     metrics: &'hook MetricIds,
+    /// When the stream's filter was created, for [`HostStream::request_duration`].
+    started: Option<Instant>,
 }
 
 impl<'hook> Envoy<'hook> {
     pub fn new(stream: Stream<'hook>, metrics: &'hook MetricIds) -> Self {
-        Self { stream, metrics }
+        Self { stream, metrics, started: None }
+    }
+
+    /// The stream as of its end, with the time its filter was created.
+    pub fn ending(stream: Stream<'hook>, metrics: &'hook MetricIds, started: Instant) -> Self {
+        Self { stream, metrics, started: Some(started) }
     }
 
     /// Adds to, sets or records into series `id`.
@@ -161,8 +168,13 @@ impl HostStream for Envoy<'_> {
     }
 
     fn request_duration(&self) -> Result<Duration, HostError> {
-        // Envoy hands the duration as an integer count of milliseconds.
-        Ok(Duration::from_millis(self.stream.attribute_int(Attribute::RequestDuration).unwrap_or(0)))
+        // Envoy 1.40 has no `request.duration` yet when the stream completes (measured: 0
+        // for requests delayed 200 ms), so the module times it: from the filter's creation,
+        // as the request's headers arrive, to the stream's end.
+        match self.stream.attribute_int(Attribute::RequestDuration).filter(|ms| *ms > 0) {
+            Some(ms) => Ok(Duration::from_millis(ms)),
+            None => Ok(self.started.map(|started| started.elapsed()).unwrap_or_default()),
+        }
     }
 
     fn request_total_size(&self) -> Result<u64, HostError> {

@@ -3,6 +3,7 @@
 //! handles that are valid for the hook at hand.
 
 use std::cell::{Cell, RefCell};
+use std::time::Instant;
 
 use waypoint_core::PluginConfig;
 use waypoint_core::roles::{self, RequestState};
@@ -78,7 +79,10 @@ pub enum Filter {
     Upstream {
         tunnel: Option<u64>,
     },
-    Stats(RequestState),
+    Stats {
+        state: RequestState,
+        started: Instant,
+    },
 }
 
 thread_local! {
@@ -138,7 +142,7 @@ pub fn new_filter(config: &Config, stream: Option<Stream<'_>>) -> Filter {
     match config.role {
         Role::Downstream(_) => Filter::Downstream,
         Role::Upstream(_) => Filter::Upstream { tunnel: None },
-        Role::Stats(_) => Filter::Stats(RequestState::default()),
+        Role::Stats(_) => Filter::Stats { state: RequestState::default(), started: Instant::now() },
         Role::Noop => Filter::Pass,
     }
 }
@@ -151,7 +155,9 @@ impl Filter {
             (Filter::Upstream { tunnel }, Role::Upstream(role)) => {
                 *tunnel = with_worker(|w| role.on_connect_request(&host, w));
             }
-            (Filter::Stats(state), Role::Stats(role)) => with_worker(|w| role.on_request_headers(&host, w, state)),
+            (Filter::Stats { state, .. }, Role::Stats(role)) => {
+                with_worker(|w| role.on_request_headers(&host, w, state));
+            }
             _ => {}
         }
     }
@@ -163,13 +169,15 @@ impl Filter {
             (Filter::Upstream { tunnel: Some(tunnel) }, Role::Upstream(role)) => {
                 with_worker(|w| role.on_connect_response(&host, w, *tunnel));
             }
-            (Filter::Stats(state), Role::Stats(role)) => with_worker(|w| role.on_response_headers(&host, w, state)),
+            (Filter::Stats { state, .. }, Role::Stats(role)) => {
+                with_worker(|w| role.on_response_headers(&host, w, state));
+            }
             _ => {}
         }
     }
 
     pub fn on_response_trailers(&mut self, config: &Config, stream: Stream<'_>) {
-        if let (Filter::Stats(state), Role::Stats(role)) = (self, &config.role) {
+        if let (Filter::Stats { state, .. }, Role::Stats(role)) = (self, &config.role) {
             let host = Envoy::new(stream, &config.metrics);
             with_worker(|w| role.on_response_trailers(&host, w, state));
         }
@@ -178,8 +186,8 @@ impl Filter {
     /// The stream is over (Envoy calls this before the access logs): the stats role
     /// emits its metrics.
     pub fn on_stream_complete(&mut self, config: &Config, stream: Stream<'_>) {
-        if let (Filter::Stats(state), Role::Stats(role)) = (self, &config.role) {
-            let host = Envoy::new(stream, &config.metrics);
+        if let (Filter::Stats { state, started }, Role::Stats(role)) = (self, &config.role) {
+            let host = Envoy::ending(stream, &config.metrics, *started);
             with_worker(|w| {
                 role.on_log(&host, w, state);
                 role.on_done(w, state);
@@ -192,7 +200,7 @@ impl Filter {
 pub fn destroy_filter(config: &Config, filter: Filter) {
     match (filter, &config.role) {
         (Filter::Upstream { tunnel: Some(tunnel) }, Role::Upstream(role)) => with_worker(|w| role.on_done(w, tunnel)),
-        (Filter::Stats(mut state), Role::Stats(role)) => with_worker(|w| role.on_done(w, &mut state)),
+        (Filter::Stats { mut state, .. }, Role::Stats(role)) => with_worker(|w| role.on_done(w, &mut state)),
         _ => {}
     }
 }
