@@ -18,8 +18,9 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use common::*;
 use harness::Options;
+use harness::grpc::GrpcClient;
 use harness::prom;
-use harness::topology::{Engine, PodHbone, Topology};
+use harness::topology::{Engine, GRPC_PORT, PodHbone, Topology};
 use harness::traffic;
 use hbone_peers::HboneClient;
 use http_body_util::{BodyExt as _, Empty};
@@ -220,4 +221,25 @@ async fn a_bad_plugin_configuration_is_refused_without_a_crash() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// gRPC through the native engine: status from the trailers, message counts from Envoy's
+/// grpc_stats filter state (a unary call: 1 and 1; a server stream of 3: 1 and 3).
+#[tokio::test(flavor = "multi_thread")]
+async fn native_grpc_reads_the_status_and_every_message_count() {
+    let t = start(with_engine(Engine::Native, Options { grpc: true, ..Options::default() })).await;
+    let entry = t.plan.grpc_outbound(t.plan.curl());
+    let mut client = GrpcClient::connect(entry, "grpc-echo.backend.svc.cluster.local", GRPC_PORT).await.expect("tonic");
+    client.unary("native", 0).await.expect("unary");
+    let (replies, _) = client.stream("native", 3).await.expect("server stream");
+    assert_eq!(replies.len(), 3);
+    let text = metrics_when(&t, "two gRPC requests and their messages", |text| {
+        prom::total(text, REQUESTS) == 2.0 && prom::total(text, RESPONSE_MESSAGES) == 4.0
+    })
+    .await;
+    assert_eq!(prom::total(&text, REQUEST_MESSAGES), 2.0);
+    for s in prom::samples(&text, REQUESTS) {
+        assert_labels(&s, &CURL);
+        assert_labels(&s, &[("request_protocol", "grpc"), ("response_code", "200"), ("grpc_response_status", "0")]);
+    }
 }
