@@ -125,6 +125,8 @@ async fn both_engines_print_the_same_istio_requests_total_lines_byte_for_byte() 
         assert!(mismatches > 0.0, "{engine:?}: waypoint_errors_total{{reason=\"identity_mismatch\"}}");
         assert!(text.contains("# TYPE istio_requests_total counter"), "{engine:?}");
         assert!(!text.contains("dynamicmodulescustom"), "{engine:?}: no namespace prefix");
+        // The upstream role counts in the root scope too, not under its cluster's.
+        assert!(!text.contains("_waypoint_errors_total"), "{engine:?}: only waypoint_errors_total");
     }
 }
 

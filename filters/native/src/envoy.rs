@@ -32,7 +32,13 @@ const METRICS: [(&str, MetricKind, &[&str]); 8] = [
 
 /// Envoy's ids of [`METRICS`] in one filter configuration, in that order.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct MetricIds([usize; METRICS.len()]);
+pub struct MetricIds {
+    ids: [usize; METRICS.len()],
+    /// Envoy gives a cluster's upstream filters the cluster's stats scope
+    /// (`cluster.<name>.waypoint.…`, measured), so the upstream role's metrics are held
+    /// on the worker and emitted by the next filter in the root scope ([`flush_deferred`]).
+    deferred: bool,
+}
 
 fn abi_kind(kind: MetricKind) -> abi::MetricKind {
     match kind {
@@ -42,10 +48,11 @@ fn abi_kind(kind: MetricKind) -> abi::MetricKind {
     }
 }
 
-/// Defines every metric in a filter configuration being created.
-pub fn define_metrics(creating: &ConfigBeingCreated<'_>) -> Result<MetricIds, String> {
-    let mut ids = MetricIds::default();
-    for (slot, (name, kind, label_names)) in ids.0.iter_mut().zip(METRICS) {
+/// Defines every metric in a filter configuration being created; `deferred` for one
+/// whose stats scope is not the root one (an upstream filter's).
+pub fn define_metrics(creating: &ConfigBeingCreated<'_>, deferred: bool) -> Result<MetricIds, String> {
+    let mut ids = MetricIds { deferred, ..MetricIds::default() };
+    for (slot, (name, kind, label_names)) in ids.ids.iter_mut().zip(METRICS) {
         *slot = creating
             .define(abi_kind(kind), name, label_names)
             .map_err(|error| format!("defining the metric {name} failed (metrics result {})", error.0))?;
@@ -65,8 +72,14 @@ struct SeriesTable {
 /// Far above what the roles' label-set limits let through.
 const MAX_SERIES: usize = 1 << 20;
 
+/// Deferred values at most held per worker; past it new ones are dropped (they are
+/// the upstream role's error counts, emitted on the next root-scoped stream).
+const MAX_DEFERRED: usize = 4096;
+
 thread_local! {
     static SERIES: RefCell<SeriesTable> = RefCell::new(SeriesTable::default());
+    /// The upstream role's metric values, (series, value), until a root-scoped filter emits them.
+    static DEFERRED: RefCell<Vec<(u32, u64)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl SeriesTable {
@@ -103,9 +116,32 @@ impl<'hook> Envoy<'hook> {
         Self { stream, metrics, started: Some(started) }
     }
 
+    /// Emits what the upstream role held on this worker, through this root-scoped stream.
+    pub fn flush_deferred(&self) {
+        if self.metrics.deferred {
+            return;
+        }
+        let held =
+            DEFERRED.with(|cell| cell.try_borrow_mut().map(|mut held| std::mem::take(&mut *held)).unwrap_or_default());
+        for (id, value) in held {
+            // A failure here is Envoy's: nothing left to count it with.
+            let _ = self.emit("deferred metric", id, value);
+        }
+    }
+
     /// Adds to, sets or records into series `id`.
     fn emit(&self, call: &'static str, id: u32, value: u64) -> Result<(), HostError> {
         let failed = |status| HostError { call, status };
+        if self.metrics.deferred {
+            return DEFERRED.with(|cell| {
+                let mut held = cell.try_borrow_mut().map_err(|_| failed(HostStatus::Internal))?;
+                if held.len() >= MAX_DEFERRED {
+                    return Err(failed(HostStatus::Internal));
+                }
+                held.push((id, value));
+                Ok(())
+            });
+        }
         let (metric, values) = SERIES
             .with(|table| {
                 let table = table.try_borrow().ok()?;
@@ -113,7 +149,7 @@ impl<'hook> Envoy<'hook> {
             })
             .ok_or(failed(HostStatus::NotFound))?;
         let (_, kind, _) = METRICS.get(metric).ok_or(failed(HostStatus::NotFound))?;
-        let envoy_id = *self.metrics.0.get(metric).ok_or(failed(HostStatus::NotFound))?;
+        let envoy_id = *self.metrics.ids.get(metric).ok_or(failed(HostStatus::NotFound))?;
         let values: Vec<&str> = values.iter().map(String::as_str).collect();
         self.stream.metric(abi_kind(*kind), envoy_id, &values, value).map_err(|error| {
             // InvalidLabels (2): Envoy refused the values; anything else is Envoy's.

@@ -58,7 +58,7 @@ pub fn new_config(name: &[u8], json: &[u8], creating: &ConfigBeingCreated<'_>) -
         }
     };
     // Self-check, half one: Envoy defines metrics with labels only now, at creation.
-    let metrics = match envoy::define_metrics(creating) {
+    let metrics = match envoy::define_metrics(creating, matches!(role, Role::Upstream(_))) {
         Ok(metrics) => metrics,
         Err(why) => {
             refuse(
@@ -150,6 +150,7 @@ pub fn new_filter(config: &Config, stream: Option<Stream<'_>>) -> Filter {
 impl Filter {
     pub fn on_request_headers(&mut self, config: &Config, stream: Stream<'_>) {
         let host = Envoy::new(stream, &config.metrics);
+        host.flush_deferred();
         match (self, &config.role) {
             (Filter::Downstream, Role::Downstream(role)) => with_worker(|w| role.on_connect_request(&host, w)),
             (Filter::Upstream { tunnel }, Role::Upstream(role)) => {
@@ -188,6 +189,7 @@ impl Filter {
     pub fn on_stream_complete(&mut self, config: &Config, stream: Stream<'_>) {
         if let (Filter::Stats { state, started }, Role::Stats(role)) = (self, &config.role) {
             let host = Envoy::ending(stream, &config.metrics, *started);
+            host.flush_deferred();
             with_worker(|w| {
                 role.on_log(&host, w, state);
                 role.on_done(w, state);
