@@ -1,7 +1,8 @@
 //! Renders `envoy-configs/waypoint.yaml.in` for one waypoint of a mesh file:
 //! the services it serves, their endpoints (same network: direct HBONE; other
 //! networks: double HBONE through that network's east-west gateway), the TLS
-//! identities each hop must present, and the wasm plugins' configuration.
+//! identities each hop must present, and the three roles' filters with their
+//! configuration, in the engine chosen ([`Engine`]: the wasm module or the native one).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -10,7 +11,8 @@ use std::path::Path;
 use serde_json::{Value, json};
 use waypoint_core::contract::{
     DOWNSTREAM_PARTS, ENDPOINT_HEADER, ENDPOINT_METADATA_KEY, ENDPOINT_METADATA_NAMESPACE, ERROR_REASON_TAG,
-    SERVICE_HEADER, UPSTREAM_CONNECTION_HEADER, route_response_headers,
+    NATIVE_METRICS_NAMESPACE, NATIVE_MODULE, ROLE_DOWNSTREAM, ROLE_NOOP, ROLE_STATS, ROLE_UPSTREAM, SERVICE_HEADER,
+    UPSTREAM_CONNECTION_HEADER, route_response_headers,
 };
 use waypoint_core::labels::{BUILD_TAGS, LABEL_NAMES, stats_tag_regex};
 use waypoint_core::{Limits, endpoint};
@@ -38,11 +40,82 @@ pub enum WaypointError {
     Template(#[from] template::Leftover),
 }
 
+/// Which build of the waypoint's filters the config loads, from the same waypoint-core.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// The proxy-wasm module ([`Waypoint::wasm`]), one V8 VM per worker.
+    #[default]
+    Wasm,
+    /// The native dynamic module `lib`[`NATIVE_MODULE`]`.so`, which Envoy loads from
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` (the caller sets it for the Envoy process).
+    Native,
+    /// The native module's do-nothing filter in the three places: the benchmark's floor.
+    NativeNoop,
+}
+
+impl Engine {
+    /// `--engine` values.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "wasm" => Some(Self::Wasm),
+            "native" => Some(Self::Native),
+            "native-noop" => Some(Self::NativeNoop),
+            _ => None,
+        }
+    }
+
+    /// One role's HTTP filter, with the plugin configuration (a JSON string).
+    fn filter(self, role: &str, wasm: &Path, plugin_config: &str) -> Value {
+        let configuration =
+            json!({ "@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config });
+        match self {
+            // One identical vm_config for every role: Envoy runs one VM per worker for all
+            // three, so the roles share the module's per-worker state. If the VM dies,
+            // traffic keeps flowing, unlabelled (FAIL_OPEN).
+            Self::Wasm => json!({
+                "name": "envoy.filters.http.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": role,
+                        "root_id": role,
+                        "vm_config": {
+                            "vm_id": "waypoint",
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": { "local": { "filename": wasm.display().to_string() } },
+                        },
+                        "configuration": configuration,
+                        "failure_policy": "FAIL_OPEN",
+                    },
+                },
+            }),
+            // One module for every role (loaded once per process): the roles share its
+            // per-worker state. Kept loaded, so that state outlives a config reload.
+            Self::Native | Self::NativeNoop => json!({
+                "name": "envoy.extensions.filters.http.dynamic_modules",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                    "dynamic_module_config": {
+                        "name": NATIVE_MODULE,
+                        "do_not_close": true,
+                        "metrics_namespace": NATIVE_METRICS_NAMESPACE,
+                    },
+                    "filter_name": if self == Self::NativeNoop { ROLE_NOOP } else { role },
+                    "filter_config": configuration,
+                },
+            }),
+        }
+    }
+}
+
 pub struct Waypoint<'a> {
     pub mesh: &'a Mesh,
     /// The waypoint's own workload entry (its identity, cluster, network).
     pub workload: &'a str,
     pub certs: &'a CertDir,
+    /// The filters' engine.
+    pub engine: Engine,
+    /// The wasm module (the wasm engine only).
     pub wasm: &'a Path,
     pub admin: SocketAddr,
     pub access_log: &'a Path,
@@ -114,7 +187,8 @@ pub fn render(template: &str, params: &Waypoint<'_>) -> Result<String, WaypointE
             "region": me.region,
             "zone": me.zone,
         },
-    });
+    })
+    .to_string();
     let mut replacements = vec![
         ("@STATS_TAGS@", stats_tags()),
         ("@DOWNSTREAM_FILTER_STATE@", downstream_filter_state()),
@@ -128,8 +202,9 @@ pub fn render(template: &str, params: &Waypoint<'_>) -> Result<String, WaypointE
         ("@PRIVATE_KEY@", path(&params.certs.key(&identity)?)),
         ("@ROOT_CERT@", path(&params.certs.root())),
         ("@SAN_PREFIX@", quoted(&format!("spiffe://{}/", mesh.trust_domain))),
-        ("@WASM@", path(params.wasm)),
-        ("@PLUGIN_CONFIG@", quoted(&plugin_config.to_string())),
+        ("@DOWNSTREAM_FILTER@", params.engine.filter(ROLE_DOWNSTREAM, params.wasm, &plugin_config).to_string()),
+        ("@STATS_FILTER@", params.engine.filter(ROLE_STATS, params.wasm, &plugin_config).to_string()),
+        ("@UPSTREAM_FILTER@", params.engine.filter(ROLE_UPSTREAM, params.wasm, &plugin_config).to_string()),
         ("@NETWORK@", quoted(&me.network)),
         ("@ACCESS_LOG@", path(params.access_log)),
         ("@CONNECT_ROUTES@", Value::from(served.iter().map(|s| connect_route(s)).collect::<Vec<_>>()).to_string()),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use envoy_config::eastwest::{self, EastWest};
 use envoy_config::template::Edge;
-use envoy_config::waypoint::{self, Waypoint};
+use envoy_config::waypoint::{self, Engine, Waypoint};
 use mesh::Mesh;
 use waypoint_core::Limits;
 
@@ -35,11 +35,19 @@ fn wasm() -> PathBuf {
     path
 }
 
+/// Where `make build` puts the native module: Envoy loads it from there by name.
+fn native_module_dir() -> PathBuf {
+    let dir = workspace().join("dist");
+    assert!(dir.join("libwaypoint_native.so").is_file(), "no native module in {} (run `make build`)", dir.display());
+    dir
+}
+
 /// Envoy's verdict on one config: `Err` holds what it said.
 fn envoy_validates(dir: &Path, name: &str, yaml: &str) -> Result<(), String> {
     let file = dir.join(name);
     std::fs::write(&file, yaml).unwrap();
     let out = std::process::Command::new(envoy())
+        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir())
         .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"])
         .arg(&file)
         .output()
@@ -93,6 +101,7 @@ fn waypoint_params<'a>(r: &'a Rendered, workload: &'a str, wasm: &'a Path, acces
         mesh: &r.mesh,
         workload,
         certs: &r.certs,
+        engine: Engine::Wasm,
         wasm,
         admin: "127.0.0.1:15000".parse().unwrap(),
         access_log,
@@ -119,6 +128,18 @@ fn envoy_accepts_every_waypoint_with_and_without_baggage_discovery_and_telemetry
                     let name = format!("{workload}-baggage-{baggage_discovery}-telemetry-{telemetry}.yaml");
                     assert_envoy_accepts(r.dir.path(), &name, &yaml);
                 }
+            }
+            for engine in [Engine::Native, Engine::NativeNoop] {
+                let yaml = waypoint::render(
+                    waypoint::TEMPLATE,
+                    &Waypoint { engine, ..waypoint_params(&r, workload, &wasm, &log) },
+                )
+                .unwrap();
+                assert!(
+                    yaml.contains("envoy.extensions.filters.http.dynamic_modules")
+                        && !yaml.contains("envoy.filters.http.wasm")
+                );
+                assert_envoy_accepts(r.dir.path(), &format!("{workload}-{engine:?}.yaml"), &yaml);
             }
         }
     }

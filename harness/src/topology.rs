@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use envoy_config::eastwest::{self, EastWest};
 use envoy_config::template::Edge;
+pub use envoy_config::waypoint::Engine;
 use envoy_config::waypoint::{self, Waypoint};
 use hbone_peers::{DestinationConfig, HboneDestination, TlsFiles};
 use mesh::Mesh;
@@ -61,6 +62,8 @@ pub struct Binaries {
     pub host_shim: PathBuf,
     pub envoy: PathBuf,
     pub wasm: PathBuf,
+    /// The directory holding `libwaypoint_native.so`, Envoy's search path for the native engine.
+    pub native_dir: PathBuf,
 }
 
 impl Binaries {
@@ -79,6 +82,10 @@ impl Binaries {
             host_shim: pick("HOST_SHIM_BIN", root.join("dist/host-shim"))?,
             envoy: pick("ENVOY_BIN", root.join(".venv/lib/python3.11/site-packages/envoy/_bin/envoy"))?,
             wasm: pick("WAYPOINT_WASM", root.join("dist/waypoint.wasm"))?,
+            native_dir: pick("WAYPOINT_NATIVE", root.join("dist/libwaypoint_native.so"))?
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
         })
     }
 }
@@ -170,6 +177,8 @@ pub struct Options {
     /// Another module in the filters' places (the benchmark's do-nothing floor); `None`:
     /// the waypoint module.
     pub module: Option<PathBuf>,
+    /// The filters' engine: the wasm module (default) or the native dynamic module.
+    pub engine: Engine,
     /// Who answers HBONE for node-b's pods (echo-v1, echo-v2).
     pub node_b: PodHbone,
     /// Who answers HBONE for ratings-v1 (node-a); curl and productpage stay on ztunnel-a.
@@ -188,6 +197,7 @@ impl Default for Options {
             baggage_discovery: true,
             telemetry: true,
             module: None,
+            engine: Engine::Wasm,
             node_b: PodHbone::Ztunnel,
             ratings: PodHbone::Ztunnel,
             grpc: false,
@@ -242,7 +252,7 @@ pub struct Topology {
     pub grpc: Vec<GrpcServer>,
     /// The independent HBONE destinations, by workload name.
     pub destinations: BTreeMap<String, HboneDestination>,
-    binaries: Binaries,
+    pub binaries: Binaries,
     mesh_file: PathBuf,
     certs: PathBuf,
     ztunnel_a: Option<Process>,
@@ -448,6 +458,7 @@ impl Topology {
                 mesh,
                 workload: "waypoint",
                 certs: &certs,
+                engine: options.engine,
                 wasm: options.module.as_ref().unwrap_or(&self.binaries.wasm),
                 admin: self.plan.waypoint_admin(),
                 access_log: &self.dir.join("waypoint-access.log"),
@@ -493,7 +504,9 @@ impl Topology {
             "-l".into(),
             "warning".into(),
         ];
-        let process = Process::spawn(name, &self.binaries.envoy, &args, self.dir.join(format!("{name}.log")))?;
+        let search_path = [("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", self.binaries.native_dir.as_path())];
+        let log = self.dir.join(format!("{name}.log"));
+        let process = Process::spawn_with_env(name, &self.binaries.envoy, &args, &search_path, log)?;
         ready(process, admin).await
     }
 

@@ -67,7 +67,7 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Render a waypoint's Envoy config (with the wasm filters) from the mesh file.
+    /// Render a waypoint's Envoy config (with this project's filters) from the mesh file.
     WaypointConfig {
         #[arg(long, value_name = "FILE")]
         mesh: PathBuf,
@@ -76,9 +76,13 @@ enum Command {
         workload: String,
         #[arg(long, value_name = "DIR")]
         certs: PathBuf,
-        /// The waypoint module (dist/waypoint.wasm).
-        #[arg(long, value_name = "FILE")]
+        /// The waypoint module (dist/waypoint.wasm), for the wasm engine.
+        #[arg(long, value_name = "FILE", default_value = "dist/waypoint.wasm")]
         wasm: PathBuf,
+        /// The filters' engine: `wasm`, `native` (dist/libwaypoint_native.so, loaded from
+        /// ENVOY_DYNAMIC_MODULES_SEARCH_PATH) or `native-noop` (its do-nothing filter).
+        #[arg(long, default_value = "wasm", value_parser = ["wasm", "native", "native-noop"])]
+        engine: String,
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
         /// Access log of the inner requests.
@@ -132,6 +136,7 @@ fn main() -> anyhow::Result<()> {
             workload,
             certs,
             wasm,
+            engine,
             admin,
             access_log,
             baggage_discovery,
@@ -146,6 +151,7 @@ fn main() -> anyhow::Result<()> {
                 mesh: &mesh,
                 workload: &workload,
                 certs: &certs,
+                engine: waypoint::Engine::parse(&engine).unwrap_or_default(),
                 wasm: &wasm,
                 admin,
                 access_log: &access_log,

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use harness::graph::TrafficGraph;
 use harness::prom;
-use harness::topology::Topology;
-use harness::traffic;
+use harness::topology::{Engine, Topology};
+use harness::{Options, traffic};
 
 const CLIENTS: usize = 4;
 const REQUESTS_PER_CLIENT: usize = 50;
@@ -15,10 +15,14 @@ const SIDECAR_REQUESTS: usize = 10;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `make demo ENGINE=native`: the waypoint's filters as the native dynamic module.
+    let engine_name = std::env::var("ENGINE").unwrap_or_else(|_| "wasm".to_owned());
+    let engine = Engine::parse(&engine_name).context("ENGINE is wasm, native or native-noop")?;
+    let module = if engine == Engine::Wasm { "waypoint.wasm" } else { "libwaypoint_native.so" };
     println!(
-        "starting the mesh: ztunnel-a, waypoint (Envoy 1.40 + waypoint.wasm), east-west gateway, ztunnel-b, echo-v1, echo-v2"
+        "starting the mesh: ztunnel-a, waypoint (Envoy 1.40 + {module}), east-west gateway, ztunnel-b, echo-v1, echo-v2"
     );
-    let topology = Topology::start(Default::default()).await.context("starting the mesh")?;
+    let topology = Topology::start(Options { engine, ..Options::default() }).await.context("starting the mesh")?;
     println!("run directory (configs, certificates, logs): {}", topology.dir.display());
     tokio::select! {
         result = run(&topology) => result,
