@@ -27,8 +27,11 @@ pub struct Tuning {
     pub server_max_send_buffer: usize,
     /// Data the outbound side queues per stream: one window, filled then flushed in one go.
     pub client_max_send_buffer: usize,
-    /// Bytes read from a TCP socket before they are handed to the tunnel: bounds the
-    /// memory of each direction of each tunnel.
+    /// Bytes read from a TCP socket before they are handed to the tunnel, and the largest
+    /// write into an HTTP/2 stream: bounds the memory of each direction of each tunnel.
+    /// 256 KiB, ztunnel's largest copy buffer: a bulk copy moves in fewer, larger DATA
+    /// frames and wake-ups (one tunnel went from 0.34–0.37× to 0.43–0.49× a plain TLS
+    /// stream against 64 KiB, `cargo bench -p host-shim --bench tunnel`).
     pub splice_buffer: usize,
     /// A PING every 10 s finds dead peers on idle connections ...
     pub ping_interval: Duration,
@@ -73,7 +76,7 @@ impl Default for Tuning {
             client_max_header_list: 16 * 1024,
             server_max_send_buffer: 400 * 1024,
             client_max_send_buffer: 4 * 1024 * 1024,
-            splice_buffer: 64 * 1024,
+            splice_buffer: 256 * 1024,
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(20),
             pool_idle_timeout: Duration::from_secs(5 * 60),
