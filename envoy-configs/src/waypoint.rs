@@ -10,12 +10,12 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use waypoint_core::contract::{
-    DOWNSTREAM_PARTS, ENDPOINT_HEADER, ENDPOINT_METADATA_KEY, ENDPOINT_METADATA_NAMESPACE, ERROR_REASON_TAG,
-    NATIVE_METRICS_NAMESPACE, NATIVE_MODULE, ROLE_DOWNSTREAM, ROLE_NOOP, ROLE_STATS, ROLE_UPSTREAM, SERVICE_HEADER,
-    UPSTREAM_CONNECTION_HEADER, route_response_headers,
+    DOWNSTREAM_PARTS, ENDPOINT_HEADER, ENDPOINT_METADATA_KEY, ENDPOINT_METADATA_NAMESPACE, NATIVE_METRICS_NAMESPACE,
+    NATIVE_MODULE, ROLE_DOWNSTREAM, ROLE_NOOP, ROLE_STATS, ROLE_UPSTREAM, SERVICE_HEADER, UPSTREAM_CONNECTION_HEADER,
+    route_response_headers,
 };
-use waypoint_core::labels::{BUILD_TAGS, LABEL_NAMES, stats_tag_regex};
-use waypoint_core::{Limits, endpoint};
+use waypoint_core::labels::{stat_tag_names, stats_tag_regex};
+use waypoint_core::{Limits, PluginConfig, endpoint};
 
 use crate::template::{self, Edge, quoted};
 use mesh::ca::{CaError, CertDir};
@@ -38,6 +38,8 @@ pub enum WaypointError {
     Identity(#[from] CaError),
     #[error(transparent)]
     Template(#[from] template::Leftover),
+    #[error("plugin configuration: {0}")]
+    PluginConfig(serde_json::Error),
 }
 
 /// Which build of the waypoint's filters the config loads, from the same waypoint-core.
@@ -174,21 +176,13 @@ pub fn render(template: &str, params: &Waypoint<'_>) -> Result<String, WaypointE
     }
 
     let path = |p: &Path| quoted(&p.display().to_string());
-    let plugin_config = json!({
-        "baggage_discovery": params.baggage_discovery,
-        "limits": limits_json(&params.limits),
-        "identity": {
-            "workload_name": me.name,
-            "workload_type": me.workload_type.as_str(),
-            "namespace": me.namespace,
-            "cluster": me.cluster,
-            "canonical_service": me.canonical_service,
-            "canonical_revision": me.canonical_revision,
-            "region": me.region,
-            "zone": me.zone,
-        },
-    })
-    .to_string();
+    // Written from the type the filters parse, so both read one definition.
+    let mut config =
+        PluginConfig { identity: Some(mesh.peer_of(me)), limits: params.limits.clone(), ..PluginConfig::default() };
+    if !params.baggage_discovery {
+        config = config.without_baggage();
+    }
+    let plugin_config = serde_json::to_string(&config).map_err(WaypointError::PluginConfig)?;
     let mut replacements = vec![
         ("@STATS_TAGS@", stats_tags()),
         ("@DOWNSTREAM_FILTER_STATE@", downstream_filter_state()),
@@ -280,8 +274,8 @@ fn virtual_host(s: &Service, telemetry: bool) -> Value {
 /// One `stats_tags` entry per Istio label, then the error counter's reason and
 /// `istio_build`'s tags: generated from the label list, never written by hand.
 fn stats_tags() -> String {
-    let names = LABEL_NAMES.iter().copied().chain([ERROR_REASON_TAG]).chain(BUILD_TAGS);
-    let tags: Vec<Value> = names.map(|name| json!({ "tag_name": name, "regex": stats_tag_regex(name) })).collect();
+    let tags: Vec<Value> =
+        stat_tag_names().map(|name| json!({ "tag_name": name, "regex": stats_tag_regex(name) })).collect();
     Value::from(tags).to_string()
 }
 
@@ -326,17 +320,6 @@ fn stats_inputs_cleanup() -> Value {
 }
 
 /// The plugin limits as the plugin configuration spells them.
-fn limits_json(limits: &Limits) -> Value {
-    json!({
-        "max_header_bytes": limits.max_header_bytes,
-        "max_value_bytes": limits.max_value_bytes,
-        "max_baggage_members": limits.max_baggage_members,
-        "max_label_sets": limits.max_label_sets,
-        "max_peers_per_identity": limits.max_peers_per_identity,
-        "max_tunnels": limits.max_tunnels,
-    })
-}
-
 /// Istio's endpoint metadata, the stats role's last discovery method for the destination.
 fn istio_metadata(workload: &str, namespace: &str, canonical_service: &str, revision: &str, cluster: &str) -> Value {
     json!({ ENDPOINT_METADATA_NAMESPACE: {
