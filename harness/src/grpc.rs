@@ -24,7 +24,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut as _, BytesMut};
@@ -32,6 +32,7 @@ use http::Version;
 use http::uri::PathAndQuery;
 use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use prost::Message as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -109,7 +110,7 @@ impl GrpcServer {
 
     /// Every call received so far.
     pub fn seen(&self) -> Vec<GrpcSeen> {
-        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+        self.seen.lock().clone()
     }
 }
 
@@ -151,9 +152,7 @@ impl tower::Service<http::Request<Body>> for EchoService {
                 .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                 .collect(),
         };
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.push(record);
-        }
+        self.seen.lock().push(record);
         let workload = self.workload.clone();
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(ProstCodec::<EchoReply, EchoRequest>::default());

@@ -77,6 +77,7 @@ impl Process {
             if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
+            #[allow(clippy::disallowed_methods, reason = "sync (runs in Drop), polling the child with a deadline")]
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();

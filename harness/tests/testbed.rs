@@ -223,6 +223,7 @@ fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<
         match probe() {
             Ok(value) => return Ok(value),
             Err(e) if Instant::now() > deadline => return Err(e.context(format!("{what}: gave up after {timeout:?}"))),
+            #[allow(clippy::disallowed_methods, reason = "a sync test polling docker with a deadline")]
             Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
     }
@@ -609,7 +610,7 @@ impl Testbed {
                 wrong.push(format!(
                     "{c} -> {t}: {} ({})",
                     if connected { "connected" } else { "failed" },
-                    String::from_utf8_lossy(&out.stdout).trim()
+                    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim()
                 ));
             } else if !want {
                 blocked += 1;
@@ -660,13 +661,15 @@ impl Testbed {
         let counted = |name: &str| summary.pointer(&format!("/workloads/{name}")).and_then(Value::as_u64).unwrap_or(0);
         let shares: Vec<(String, u64)> = endpoints.iter().map(|e| (e.clone(), counted(e))).collect();
         // The servers' own account of the same requests.
+        #[allow(clippy::disallowed_methods, reason = "a sync test; container logs have no readiness signal")]
         std::thread::sleep(Duration::from_millis(500));
         let mut served = Vec::new();
         for e in &endpoints {
             let text = logs(&format!("testbed-{e}"), Some(since - 1.0))?;
             served.push((e.clone(), text.lines().filter(|l| l.contains("\"path\":\"/burst/")).count() as u64));
         }
-        std::thread::sleep(Duration::from_secs(3)); // a scrape of ztunnel-b
+        #[allow(clippy::disallowed_methods, reason = "a sync test waiting out one Prometheus scrape of ztunnel-b")]
+        std::thread::sleep(Duration::from_secs(3));
         let tunnels_after = tunnels()?;
         let new_tunnels: Vec<String> = endpoints
             .iter()

@@ -3,10 +3,11 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -332,7 +333,7 @@ impl Metrics {
 
     /// Past the cap, new label sets lose everything a peer could have chosen.
     fn bounded(&self, labels: TrafficLabels) -> TrafficLabels {
-        let Ok(mut seen) = self.label_sets.lock() else { return labels };
+        let mut seen = self.label_sets.lock();
         if seen.contains(&labels) {
             return labels;
         }

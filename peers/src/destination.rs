@@ -6,13 +6,14 @@
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{Method, Request, Response, StatusCode};
+use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -146,11 +147,9 @@ pub struct Handshakes {
 
 impl Shared {
     fn push(&self, record: StreamRecord) -> usize {
-        let Ok(mut records) = self.records.lock() else { return usize::MAX };
+        let mut records = self.records.lock();
         if records.len() >= MAX_RECORDS {
-            if let Ok(mut h) = self.handshakes.lock() {
-                h.unrecorded += 1;
-            }
+            self.handshakes.lock().unrecorded += 1;
             return usize::MAX;
         }
         records.push(record);
@@ -158,9 +157,7 @@ impl Shared {
     }
 
     fn update(&self, index: usize, change: impl FnOnce(&mut StreamRecord)) {
-        if let Ok(mut records) = self.records.lock()
-            && let Some(record) = records.get_mut(index)
-        {
+        if let Some(record) = self.records.lock().get_mut(index) {
             change(record);
         }
     }
@@ -191,18 +188,16 @@ impl HboneDestination {
 
     /// Changes the answer for streams that arrive from now on.
     pub fn set_answer(&self, answer: Answer) {
-        if let Ok(mut slot) = self.shared.answer.lock() {
-            *slot = answer;
-        }
+        *self.shared.answer.lock() = answer;
     }
 
     /// Every stream so far, in arrival order.
     pub fn records(&self) -> Vec<StreamRecord> {
-        self.shared.records.lock().map(|r| r.clone()).unwrap_or_default()
+        self.shared.records.lock().clone()
     }
 
     pub fn handshakes(&self) -> Handshakes {
-        self.shared.handshakes.lock().map(|h| *h).unwrap_or_default()
+        *self.shared.handshakes.lock()
     }
 
     /// Polls [`Self::records`] until `done` holds or `timeout` passes; `Err` carries the
@@ -253,9 +248,8 @@ async fn connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let count = |accepted: bool| {
-        if let Ok(mut h) = shared.handshakes.lock() {
-            if accepted { h.accepted += 1 } else { h.failed += 1 }
-        }
+        let mut h = shared.handshakes.lock();
+        if accepted { h.accepted += 1 } else { h.failed += 1 }
     };
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -304,7 +298,7 @@ async fn stream(
         finished: false,
     });
     let route = shared.routes.iter().find(|(served, _)| *served == authority).map(|(_, app)| *app);
-    let answer = shared.answer.lock().map(|a| a.clone()).unwrap_or(Answer::Unavailable);
+    let answer = shared.answer.lock().clone();
     let (app, baggage) = match (parts.method == Method::CONNECT, route, answer) {
         (false, ..) | (true, None, _) => return refuse(StatusCode::BAD_REQUEST, respond, recv, &shared, index).await,
         (true, Some(_), Answer::Unavailable) => {

@@ -3,11 +3,12 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest slice offered to h2 at once, so one write never waits for more window than exists.
@@ -68,7 +69,7 @@ impl TunnelStream {
 
     /// How the peer's direction ended, as far as reading has seen.
     pub fn peer_end(&self) -> End {
-        self.peer_end.lock().map(|e| e.clone()).unwrap_or(End::Open)
+        self.peer_end.lock().clone()
     }
 
     /// Bytes written to the peer / read from the peer so far.
@@ -77,9 +78,8 @@ impl TunnelStream {
     }
 
     fn set_peer_end(&self, end: End) {
-        if let Ok(mut slot) = self.peer_end.lock()
-            && slot.is_open()
-        {
+        let mut slot = self.peer_end.lock();
+        if slot.is_open() {
             *slot = end;
         }
     }

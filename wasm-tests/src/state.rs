@@ -2,7 +2,9 @@
 //! failure injection and host-call counters.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::abi::{BufferType, LogLevel, MapType, MetricType, Pairs, Status, StreamType};
 use crate::headers::HeaderMap;
@@ -388,7 +390,7 @@ pub struct SharedData(Arc<Mutex<SharedInner>>);
 
 impl SharedData {
     fn lock(&self) -> MutexGuard<'_, SharedInner> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.lock()
     }
 
     /// Value and CAS token of `key`.

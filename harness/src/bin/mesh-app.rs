@@ -35,7 +35,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -44,6 +44,7 @@ use harness::grpc::{GrpcClient, GrpcServer};
 use harness::http::Connection;
 use harness::traffic::service_host;
 use mesh::Mesh;
+use parking_lot::Mutex;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -115,14 +116,8 @@ async fn main() -> anyhow::Result<()> {
                     println!("connected to {target}");
                     Ok(())
                 }
-                Ok(Err(e)) => {
-                    println!("cannot connect to {target}: {e}");
-                    std::process::exit(1)
-                }
-                Err(_) => {
-                    println!("cannot connect to {target}: no answer within {timeout:?}");
-                    std::process::exit(1)
-                }
+                Ok(Err(e)) => bail!("cannot connect to {target}: {e}"),
+                Err(_) => bail!("cannot connect to {target}: no answer within {timeout:?}"),
             }
         }
         "identities" => {
@@ -258,7 +253,7 @@ async fn echo(listen: SocketAddr, grpc: Option<SocketAddr>, workload: &str) -> a
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        let batch = seen.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
+        let batch = std::mem::take(&mut *seen.lock());
         let calls = grpc_server.as_ref().map(GrpcServer::seen).unwrap_or_default();
         let new_calls = calls.get(grpc_logged..).unwrap_or_default();
         if batch.is_empty() && new_calls.is_empty() {

@@ -210,7 +210,7 @@ async fn connection(
 #[derive(Default)]
 struct OpenStreams {
     count: AtomicUsize,
-    idle_since: std::sync::Mutex<Option<Instant>>,
+    idle_since: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl OpenStreams {
@@ -224,8 +224,7 @@ impl OpenStreams {
         if self.count.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let Ok(mut since) = self.idle_since.lock() else { return Some(Instant::now()) };
-        Some(*since.get_or_insert_with(Instant::now))
+        Some(*self.idle_since.lock().get_or_insert_with(Instant::now))
     }
 }
 
@@ -234,10 +233,8 @@ struct OpenStream(Arc<OpenStreams>);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Ok(mut since) = self.0.idle_since.lock()
-        {
-            *since = Some(Instant::now());
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.idle_since.lock() = Some(Instant::now());
         }
     }
 }

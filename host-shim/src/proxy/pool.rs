@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -60,9 +61,9 @@ struct PoolInner {
 }
 
 impl PoolInner {
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Entry>> {
+    fn entries(&self) -> MutexGuard<'_, HashMap<PoolKey, Entry>> {
         // The map stays consistent even if a holder panicked: every update is one step.
-        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.entries.lock()
     }
 }
 
@@ -90,7 +91,7 @@ impl Connection {
         if self.active.load(Ordering::Acquire) > 0 {
             return None;
         }
-        self.idle_since.lock().ok().map(|since| *since + timeout)
+        Some(*self.idle_since.lock() + timeout)
     }
 }
 
@@ -99,10 +100,8 @@ pub struct Slot(Arc<Connection>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Ok(mut since) = self.0.idle_since.lock()
-        {
-            *since = Instant::now();
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.idle_since.lock() = Instant::now();
         }
     }
 }

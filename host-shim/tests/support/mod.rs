@@ -401,13 +401,13 @@ pub async fn read_to_end(body: &mut h2::RecvStream) -> Vec<u8> {
 }
 
 /// Everything the shims of this test process logged (install with [`capture_logs`]).
-static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+static LOG: parking_lot::Mutex<Vec<u8>> = parking_lot::Mutex::new(Vec::new());
 
 struct Capture;
 
 impl std::io::Write for Capture {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        LOG.lock().unwrap().extend_from_slice(bytes);
+        LOG.lock().extend_from_slice(bytes);
         Ok(bytes.len())
     }
 
@@ -427,7 +427,7 @@ pub fn capture_logs() {
 /// The captured log lines that contain every one of `parts`, waiting a little for them.
 pub async fn log_lines(parts: &[&str]) -> Vec<String> {
     for _ in 0..100 {
-        let text = String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned();
+        let text = String::from_utf8_lossy(&LOG.lock()).into_owned();
         let lines: Vec<String> =
             text.lines().filter(|l| parts.iter().all(|p| l.contains(p))).map(str::to_owned).collect();
         if !lines.is_empty() {
