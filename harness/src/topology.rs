@@ -53,6 +53,8 @@ const LOCAL_OUTBOUND_PORT: u16 = 18081;
 const GRPC_OUTBOUND_PORT: u16 = 18082;
 const GRPC_LOCAL_OUTBOUND_PORT: u16 = 18083;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A waypoint under [`Options::waypoint_under`] (valgrind) starts 50-100 times slower.
+const SLOW_READY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Where the programs are: `make build` puts them in dist/, the venv holds Envoy.
 #[derive(Debug, Clone)]
@@ -179,6 +181,9 @@ pub struct Options {
     pub limits: waypoint_core::Limits,
     /// The waypoint's edge-proxy timeouts and connection limit.
     pub edge: waypoint::Edge,
+    /// A program and its arguments the waypoint's Envoy runs under, its command line
+    /// appended (the benchmark's valgrind); `None`: Envoy itself.
+    pub waypoint_under: Option<Vec<String>>,
 }
 
 impl Default for Options {
@@ -192,6 +197,7 @@ impl Default for Options {
             grpc: false,
             limits: waypoint_core::Limits::default(),
             edge: waypoint::Edge::default(),
+            waypoint_under: None,
         }
     }
 }
@@ -248,6 +254,7 @@ pub struct Topology {
     ztunnel_b: Option<Process>,
     gateway: Option<Process>,
     waypoint: Option<Process>,
+    waypoint_under: Option<Vec<String>>,
 }
 
 /// The identities the CA issues.
@@ -417,6 +424,7 @@ impl Topology {
             ztunnel_b: None,
             gateway: None,
             waypoint: None,
+            waypoint_under: options.waypoint_under.clone(),
         };
         topology.write_envoy_configs(&mesh, &options)?;
         if options.node_b == PodHbone::Ztunnel {
@@ -479,11 +487,20 @@ impl Topology {
         ];
         let log = self.dir.join(format!("ztunnel-{node}.log"));
         let process = Process::spawn(&format!("ztunnel {node}"), &self.binaries.host_shim, &args, log)?;
-        ready(process, admin).await
+        ready(process, admin, READY_TIMEOUT).await
     }
 
     async fn start_envoy(&self, name: &str, admin: SocketAddr) -> Result<Process, HarnessError> {
-        let args = vec![
+        self.start_envoy_under(name, admin, None).await
+    }
+
+    async fn start_envoy_under(
+        &self,
+        name: &str,
+        admin: SocketAddr,
+        under: Option<&[String]>,
+    ) -> Result<Process, HarnessError> {
+        let envoy_args = vec![
             "-c".into(),
             self.dir.join(format!("{name}.yaml")).display().to_string(),
             "--disable-hot-restart".into(),
@@ -492,8 +509,14 @@ impl Topology {
             "-l".into(),
             "warning".into(),
         ];
-        let process = Process::spawn(name, &self.binaries.envoy, &args, self.dir.join(format!("{name}.log")))?;
-        ready(process, admin).await
+        let log = self.dir.join(format!("{name}.log"));
+        let Some((program, wrapper_args)) = under.and_then(<[String]>::split_first) else {
+            return ready(Process::spawn(name, &self.binaries.envoy, &envoy_args, log)?, admin, READY_TIMEOUT).await;
+        };
+        let mut args = wrapper_args.to_vec();
+        args.push(self.binaries.envoy.display().to_string());
+        args.extend(envoy_args);
+        ready(Process::spawn(name, Path::new(program), &args, log)?, admin, SLOW_READY_TIMEOUT).await
     }
 
     pub async fn start_ztunnel_b(&mut self) -> Result<(), HarnessError> {
@@ -516,8 +539,14 @@ impl Topology {
     }
 
     pub async fn start_waypoint(&mut self) -> Result<(), HarnessError> {
-        self.waypoint = Some(self.start_envoy("waypoint", self.plan.waypoint_admin()).await?);
+        let under = self.waypoint_under.as_deref();
+        self.waypoint = Some(self.start_envoy_under("waypoint", self.plan.waypoint_admin(), under).await?);
         Ok(())
+    }
+
+    /// The waypoint's process id (valgrind's, under [`Options::waypoint_under`]).
+    pub fn waypoint_pid(&self) -> Option<u32> {
+        self.waypoint.as_ref()?.pid()
     }
 
     /// CPU time the waypoint's Envoy has used so far.
@@ -626,8 +655,8 @@ async fn independent_destination(
         .map_err(|e| HarnessError::Setup(format!("independent destination {pod}: {e}")))
 }
 
-async fn ready(mut process: Process, admin: SocketAddr) -> Result<Process, HarnessError> {
-    match http::wait_for_200(admin, "/ready", READY_TIMEOUT).await {
+async fn ready(mut process: Process, admin: SocketAddr, timeout: Duration) -> Result<Process, HarnessError> {
+    match http::wait_for_200(admin, "/ready", timeout).await {
         Ok(()) => Ok(process),
         Err(e) => {
             let running = process.is_running();
