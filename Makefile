@@ -14,7 +14,7 @@ export ENVOY_BIN WAYPOINT_WASM
 help:
 	@echo "make demo    - the two-network mesh on loopback: traffic, then the two-sided metrics"
 	@echo "make test    - every test (the Docker testbed too when Docker works)"
-	@echo "make build   - dist/waypoint.wasm and dist/host-shim"
+	@echo "make build   - dist/waypoint.wasm, dist/libwaypoint_native.so and dist/host-shim"
 	@echo "make bench   - side-by-side benchmarks"
 	@echo "make fuzz    - libFuzzer on every decoder (FUZZ_SECONDS each)"
 	@echo "make soak    - the mesh under connection churn and hostile traffic for SOAK_SECONDS"
@@ -26,11 +26,12 @@ setup:
 
 build: setup
 	$(CARGO) build --release -p waypoint --target wasm32-wasip1
-	$(CARGO) build --release -p host-shim -p harness
+	$(CARGO) build --release -p host-shim -p harness -p waypoint-native
 	@mkdir -p dist
 	# A new inode each time: a running host-shim keeps its old one ("text file busy").
 	cp --remove-destination target/wasm32-wasip1/release/waypoint.wasm dist/waypoint.wasm
 	cp --remove-destination target/release/host-shim dist/host-shim
+	cp --remove-destination target/release/libwaypoint_native.so dist/libwaypoint_native.so
 	@ls -l dist
 
 demo: build

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use waypoint_core::host::parse_header_pairs;
+use waypoint::wire::parse_header_pairs;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(pairs) = parse_header_pairs(data) {

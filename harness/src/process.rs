@@ -17,10 +17,21 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> Result<Self, HarnessError> {
+        Self::spawn_with_env(name, program, args, &[], log)
+    }
+
+    /// [`Process::spawn`] with these environment variables set as well.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &Path)],
+        log: PathBuf,
+    ) -> Result<Self, HarnessError> {
         let out = File::create(&log).map_err(|e| HarnessError::io(&log, e))?;
         let err = out.try_clone().map_err(|e| HarnessError::io(&log, e))?;
         let mut command = Command::new(program);
-        command.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        command.args(args).envs(env.iter().copied()).stdin(Stdio::null()).stdout(out).stderr(err);
         die_with_parent(&mut command);
         let child = command.spawn().map_err(|e| HarnessError::io(program, e))?;
         Ok(Self { name: name.to_owned(), log, child: Some(child) })

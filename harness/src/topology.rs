@@ -21,11 +21,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use envoy_config::eastwest::{self, EastWest};
+use envoy_config::template::Edge;
+pub use envoy_config::waypoint::Engine;
+use envoy_config::waypoint::{self, Waypoint};
 use hbone_peers::{DestinationConfig, HboneDestination, TlsFiles};
-use host_shim::ca::{self, CertDir};
-use host_shim::config::Mesh;
-use host_shim::eastwest::{self, EastWest};
-use host_shim::waypoint::{self, Waypoint};
+use mesh::Mesh;
+use mesh::ca::{self, CertDir};
 use serde_json::json;
 
 use crate::HarnessError;
@@ -62,6 +64,8 @@ pub struct Binaries {
     pub host_shim: PathBuf,
     pub envoy: PathBuf,
     pub wasm: PathBuf,
+    /// The directory holding `libwaypoint_native.so`, Envoy's search path for the native engine.
+    pub native_dir: PathBuf,
 }
 
 impl Binaries {
@@ -80,6 +84,10 @@ impl Binaries {
             host_shim: pick("HOST_SHIM_BIN", root.join("dist/host-shim"))?,
             envoy: pick("ENVOY_BIN", root.join(".venv/lib/python3.11/site-packages/envoy/_bin/envoy"))?,
             wasm: pick("WAYPOINT_WASM", root.join("dist/waypoint.wasm"))?,
+            native_dir: pick("WAYPOINT_NATIVE", root.join("dist/libwaypoint_native.so"))?
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
         })
     }
 }
@@ -171,6 +179,8 @@ pub struct Options {
     /// Another module in the filters' places (the benchmark's do-nothing floor); `None`:
     /// the waypoint module.
     pub module: Option<PathBuf>,
+    /// The filters' engine: the wasm module (default) or the native dynamic module.
+    pub engine: Engine,
     /// Who answers HBONE for node-b's pods (echo-v1, echo-v2).
     pub node_b: PodHbone,
     /// Who answers HBONE for ratings-v1 (node-a); curl and productpage stay on ztunnel-a.
@@ -180,7 +190,7 @@ pub struct Options {
     /// The waypoint plugin's limits (e.g. a low `max_label_sets` for the cardinality tests).
     pub limits: waypoint_core::Limits,
     /// The waypoint's edge-proxy timeouts and connection limit.
-    pub edge: waypoint::Edge,
+    pub edge: Edge,
     /// A program and its arguments the waypoint's Envoy runs under, its command line
     /// appended (the benchmark's valgrind); `None`: Envoy itself.
     pub waypoint_under: Option<Vec<String>>,
@@ -192,11 +202,12 @@ impl Default for Options {
             baggage_discovery: true,
             telemetry: true,
             module: None,
+            engine: Engine::Wasm,
             node_b: PodHbone::Ztunnel,
             ratings: PodHbone::Ztunnel,
             grpc: false,
             limits: waypoint_core::Limits::default(),
-            edge: waypoint::Edge::default(),
+            edge: Edge::default(),
             waypoint_under: None,
         }
     }
@@ -247,7 +258,7 @@ pub struct Topology {
     pub grpc: Vec<GrpcServer>,
     /// The independent HBONE destinations, by workload name.
     pub destinations: BTreeMap<String, HboneDestination>,
-    binaries: Binaries,
+    pub binaries: Binaries,
     mesh_file: PathBuf,
     certs: PathBuf,
     ztunnel_a: Option<Process>,
@@ -455,6 +466,7 @@ impl Topology {
                 mesh,
                 workload: "waypoint",
                 certs: &certs,
+                engine: options.engine,
                 wasm: options.module.as_ref().unwrap_or(&self.binaries.wasm),
                 admin: self.plan.waypoint_admin(),
                 access_log: &self.dir.join("waypoint-access.log"),
@@ -509,14 +521,17 @@ impl Topology {
             "-l".into(),
             "warning".into(),
         ];
+        let search_path = [("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", self.binaries.native_dir.as_path())];
         let log = self.dir.join(format!("{name}.log"));
         let Some((program, wrapper_args)) = under.and_then(<[String]>::split_first) else {
-            return ready(Process::spawn(name, &self.binaries.envoy, &envoy_args, log)?, admin, READY_TIMEOUT).await;
+            let process = Process::spawn_with_env(name, &self.binaries.envoy, &envoy_args, &search_path, log)?;
+            return ready(process, admin, READY_TIMEOUT).await;
         };
         let mut args = wrapper_args.to_vec();
         args.push(self.binaries.envoy.display().to_string());
         args.extend(envoy_args);
-        ready(Process::spawn(name, Path::new(program), &args, log)?, admin, SLOW_READY_TIMEOUT).await
+        let process = Process::spawn_with_env(name, Path::new(program), &args, &search_path, log)?;
+        ready(process, admin, SLOW_READY_TIMEOUT).await
     }
 
     pub async fn start_ztunnel_b(&mut self) -> Result<(), HarnessError> {

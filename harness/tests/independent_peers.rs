@@ -35,7 +35,7 @@ const ZTUNNEL_RESPONSE_BAGGAGE: &str = "k8s.cluster.name=c1,k8s.namespace.name=n
 const WAYPOINT_BAGGAGE: &str = "k8s.deployment.name=waypoint,service.name=waypoint,service.version=latest,k8s.namespace.name=backend,k8s.cluster.name=cluster1,cloud.region=region-a,cloud.availability_zone=zone-a1";
 const WAYPOINT_PRINCIPAL: &str = "spiffe://cluster.local/ns/backend/sa/waypoint";
 
-/// The waypoint's idle pool timeout is 2 s (host-shim/src/waypoint.rs POOL_IDLE_TIMEOUT);
+/// The waypoint's idle pool timeout is 2 s (envoy-configs/src/waypoint.rs POOL_IDLE_TIMEOUT);
 /// past it every tunnel the waypoint opened must have ended.
 const PAST_POOL_IDLE: Duration = Duration::from_secs(4);
 

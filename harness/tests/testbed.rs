@@ -18,7 +18,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use host_shim::config::{Mesh, Workload};
+use mesh::{Mesh, Workload};
 use serde_json::Value;
 
 const PROMETHEUS: &str = "testbed-prometheus";

@@ -10,11 +10,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use host_shim::ca;
-use host_shim::config::Mesh;
 use host_shim::tls::{self, Credentials};
 use host_shim::tuning::Tuning;
 use host_shim::{Shim, ShimOptions, pool};
+use mesh::Mesh;
+use mesh::ca;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -16,13 +16,13 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use waypoint_core::{Peer, baggage};
 
-use crate::config::{Mesh, Service, Workload};
 use crate::drain;
 use crate::http2;
 use crate::metrics::{ConnectionRecord, Refusal, Reporter, ResponseFlags, TrafficLabels};
 use crate::shim::Context;
 use crate::tls::{self, HandshakeFailure, IdentityCheck};
 use crate::tunnel::{self, Ending};
+use mesh::{Mesh, Service, Workload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
@@ -417,7 +417,7 @@ mod tests {
     use super::*;
 
     fn mesh() -> Mesh {
-        Mesh::parse(include_str!("../mesh.example.json")).unwrap()
+        Mesh::parse(include_str!("../../mesh/mesh.example.json")).unwrap()
     }
 
     fn check(authority: &str, method: Method) -> Result<SocketAddr, Refusal> {

@@ -1,9 +1,8 @@
 //! host-shim: a stand-in for Istio ztunnel's HBONE endpoints, speaking its wire
 //! format (PROTOCOL.md §1–2) so a real ztunnel, waypoint or east-west gateway
-//! can sit on the other end.
+//! can sit on the other end. The mesh file and the CA are the `mesh` crate's; the
+//! Envoy configs are rendered by `envoy-config` (the binary's `*-config` commands).
 //!
-//! - [`ca`]: the mesh CA and its file layout;
-//! - [`config`]: the mesh file (workloads, services, networks);
 //! - [`tls`]: mTLS with SPIFFE identities;
 //! - [`http2`]: HTTP/2 with ztunnel's settings and keepalive;
 //! - [`tunnel`]: a stream as bytes, the splice, and how a tunnel ended;
@@ -11,28 +10,21 @@
 //! - [`inbound`], [`outbound`], [`double_hbone`]: the two sides of a tunnel;
 //! - [`metrics`]: `istio_tcp_*`, `istio_build`, refusal and identity-mismatch
 //!   counters, and the per-connection record; [`admin`] serves them;
-//! - [`eastwest`], [`waypoint`]: render the east-west gateway's and the waypoint's
-//!   Envoy configurations from the mesh file ([`template`] fills the placeholders);
 //! - [`shim`]: one node's shim, started and drained as a unit;
 //! - [`tuning`]: every tuning value, with its reason; [`drain`]: graceful shutdown,
 //!   then a forced close at the deadline.
 
 pub mod admin;
-pub mod ca;
-pub mod config;
 pub mod double_hbone;
 pub mod drain;
-pub mod eastwest;
 pub mod http2;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;
 pub mod shim;
-pub mod template;
 pub mod tls;
 pub mod tuning;
 pub mod tunnel;
-pub mod waypoint;
 
 pub use shim::{Shim, ShimOptions};

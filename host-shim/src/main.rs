@@ -1,5 +1,6 @@
-//! `host-shim`: the mesh CA, the ztunnel stand-in, and the east-west gateway
-//! config renderer. See the crate docs (src/lib.rs) and README.md.
+//! `host-shim`: the ztunnel stand-in (`run`), and the command line of the mesh CA
+//! (`ca`, from the `mesh` crate) and of the Envoy config renderer (`*-config`, from
+//! `envoy-config`). See the crate docs (src/lib.rs) and README.md.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use host_shim::ca::{self, CertDir};
-use host_shim::config::Mesh;
-use host_shim::eastwest::{self, EastWest};
+use envoy_config::eastwest::{self, EastWest};
+use envoy_config::waypoint::{self, Waypoint};
 use host_shim::tuning::Tuning;
-use host_shim::waypoint::{self, Waypoint};
 use host_shim::{Shim, ShimOptions};
+use mesh::Mesh;
+use mesh::ca::{self, CertDir};
 
 #[derive(Parser)]
 #[command(version, about = "Istio ztunnel's HBONE endpoints for local waypoint testing")]
@@ -66,7 +67,7 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Render a waypoint's Envoy config (with the wasm filters) from the mesh file.
+    /// Render a waypoint's Envoy config (with this project's filters) from the mesh file.
     WaypointConfig {
         #[arg(long, value_name = "FILE")]
         mesh: PathBuf,
@@ -75,9 +76,13 @@ enum Command {
         workload: String,
         #[arg(long, value_name = "DIR")]
         certs: PathBuf,
-        /// The waypoint module (dist/waypoint.wasm).
-        #[arg(long, value_name = "FILE")]
+        /// The waypoint module (dist/waypoint.wasm), for the wasm engine.
+        #[arg(long, value_name = "FILE", default_value = "dist/waypoint.wasm")]
         wasm: PathBuf,
+        /// The filters' engine: `wasm`, `native` (dist/libwaypoint_native.so, loaded from
+        /// ENVOY_DYNAMIC_MODULES_SEARCH_PATH) or `native-noop` (its do-nothing filter).
+        #[arg(long, default_value = "wasm", value_parser = ["wasm", "native", "native-noop"])]
+        engine: String,
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
         /// Access log of the inner requests.
@@ -131,6 +136,7 @@ fn main() -> anyhow::Result<()> {
             workload,
             certs,
             wasm,
+            engine,
             admin,
             access_log,
             baggage_discovery,
@@ -145,6 +151,7 @@ fn main() -> anyhow::Result<()> {
                 mesh: &mesh,
                 workload: &workload,
                 certs: &certs,
+                engine: waypoint::Engine::parse(&engine).unwrap_or_default(),
                 wasm: &wasm,
                 admin,
                 access_log: &access_log,

@@ -13,8 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use waypoint_core::{Limits, Peer, value};
 
-use crate::config::Service;
 use crate::tls::HandshakeFailure;
+use mesh::Service;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reporter {

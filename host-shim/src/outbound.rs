@@ -15,7 +15,6 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use waypoint_core::{Peer, baggage};
 
-use crate::config::{Destination, Mesh, Service, Workload};
 use crate::double_hbone::{self, DoubleHboneError};
 use crate::drain;
 use crate::metrics::{Moved, Refusal, Reporter, ResponseFlags, TrafficLabels};
@@ -23,6 +22,7 @@ use crate::pool::{PoolError, PoolKey, Stream};
 use crate::shim::Context;
 use crate::tls::{self, IdentityCheck};
 use crate::tunnel::{self, Ending};
+use mesh::{Destination, Mesh, Service, Workload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
@@ -380,7 +380,7 @@ mod tests {
     use super::*;
 
     fn mesh() -> Mesh {
-        Mesh::parse(include_str!("../mesh.example.json")).unwrap()
+        Mesh::parse(include_str!("../../mesh/mesh.example.json")).unwrap()
     }
 
     fn service(host: &str) -> Destination {

@@ -9,18 +9,18 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use waypoint_core::Limits;
 
-use crate::ca::CertDir;
-use crate::config::{ConfigError, Mesh};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::tls::{Credentials, TlsError};
 use crate::tuning::Tuning;
 use crate::{admin, drain, inbound, outbound};
+use mesh::ca::CertDir;
+use mesh::{Mesh, MeshError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
     #[error("{0}")]
-    Config(#[from] ConfigError),
+    Config(#[from] MeshError),
     #[error("no workload in the mesh file runs on node {0:?}")]
     NoWorkloads(String),
     #[error("credentials: {0}")]

@@ -19,7 +19,7 @@ use rustls::{
 };
 use waypoint_core::{Peer, SpiffeId};
 
-use crate::ca::{CaError, CertDir};
+use mesh::ca::{CaError, CertDir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -127,7 +127,7 @@ fn the_binary_renders_the_east_west_gateway_config() {
     let status = Command::new(SHIM)
         .args(["eastwest-config", "--network", "network-b", "--certs", "/certs", "--access-log", "/logs/ew.log"])
         .arg("--mesh")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/mesh.example.json"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../mesh/mesh.example.json"))
         .arg("--out")
         .arg(&out)
         .status()

@@ -22,7 +22,7 @@ const RATINGS: &str = "ratings.bookinfo.svc.cluster.local";
 struct Scenario {
     net: Net,
     _dir: tempfile::TempDir,
-    certs: host_shim::ca::CertDir,
+    certs: mesh::ca::CertDir,
     client: Shim,
     server: Shim,
     /// Where the curl app connects to reach the ratings service.

@@ -6,9 +6,9 @@ mod support;
 
 use std::net::SocketAddr;
 
-use host_shim::ca::CertDir;
-use host_shim::config::Mesh;
-use host_shim::eastwest::{self, EastWest};
+use envoy_config::eastwest::{self, EastWest};
+use mesh::Mesh;
+use mesh::ca::CertDir;
 use serde_json::json;
 use support::*;
 

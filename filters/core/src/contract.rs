@@ -64,3 +64,18 @@ pub fn route_response_headers() -> [(&'static str, String); 2] {
 
 /// The stat-name tag the error counter uses, next to Istio's 25 labels.
 pub const ERROR_REASON_TAG: &str = "reason";
+
+/// The roles' filter names: the wasm module's `root_id`s and the native module's
+/// `filter_name`s.
+pub const ROLE_DOWNSTREAM: &str = "downstream";
+pub const ROLE_UPSTREAM: &str = "upstream";
+pub const ROLE_STATS: &str = "stats";
+/// The native module's do-nothing filter: the benchmark's floor in the three places.
+pub const ROLE_NOOP: &str = "noop";
+
+/// The native engine's dynamic module: Envoy loads `lib<name>.so` from
+/// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+pub const NATIVE_MODULE: &str = "waypoint_native";
+/// The native module's `metrics_namespace`: registered as a custom stat namespace, it is
+/// cut from `/stats/prometheus` names (no `envoy_` prefix either), as wasm's is.
+pub const NATIVE_METRICS_NAMESPACE: &str = "waypoint";

@@ -1,12 +1,45 @@
-//! What the roles need from the proxy, as two small traits. The cdylib
-//! implements them with proxy-wasm host calls; tests implement them with maps.
-//! Every call may fail: a failure degrades to `unknown` and is counted.
+//! What the roles need from the proxy, as two small traits. The proxy-wasm module
+//! implements them with host calls, a native Envoy module with its ABI, tests with
+//! maps. Each method is one host call; every call may fail: a failure degrades to
+//! `unknown` and is counted.
+
+use std::time::Duration;
+
+use crate::labels::Series;
+
+/// How a host call failed, in terms every host can map its own failures onto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostStatus {
+    /// The host has nothing of that name (a metric id, a header map it does not expose).
+    NotFound,
+    /// The host refused what it was given (a name, an id, a value it cannot take).
+    BadArgument,
+    /// The host's answer could not be read (a framing or an encoding not as documented).
+    ParseFailure,
+    /// The host does not offer this call here (not implemented, or not in this phase).
+    Unsupported,
+    /// Any other failure inside the host.
+    Internal,
+}
+
+impl HostStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not found",
+            Self::BadArgument => "bad argument",
+            Self::ParseFailure => "parse failure",
+            Self::Unsupported => "unsupported",
+            Self::Internal => "internal failure",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("host call {call} failed: {status}")]
+#[error("host call {call} failed: {}", status.as_str())]
 pub struct HostError {
+    /// The host function that failed, as the adapter names it.
     pub call: &'static str,
-    pub status: String,
+    pub status: HostStatus,
 }
 
 /// The header maps a role touches.
@@ -17,15 +50,34 @@ pub enum HeaderMap {
     ResponseTrailers,
 }
 
-/// One HTTP stream as the proxy exposes it.
+/// One HTTP stream as the proxy exposes it. The facts are Envoy's stream attributes;
+/// `None` (or 0) when the stream does not have them (yet).
 pub trait Stream {
     /// All headers of a map in one call (values as bytes: they may not be UTF-8).
     fn headers(&self, map: HeaderMap) -> Result<Vec<(String, Vec<u8>)>, HostError>;
     fn header(&self, map: HeaderMap, name: &str) -> Result<Option<Vec<u8>>, HostError>;
     fn remove_header(&self, map: HeaderMap, name: &str) -> Result<(), HostError>;
     fn add_header(&self, map: HeaderMap, name: &str, value: &[u8]) -> Result<(), HostError>;
-    /// An Envoy attribute such as `["response", "code"]`; `None` when absent.
-    fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError>;
+
+    /// The id Envoy gave this stream's connection (`connection.id`): on the tunnel
+    /// cluster's upstream filter, the connection that carries the tunnel.
+    fn connection_id(&self) -> Result<Option<u64>, HostError>;
+    /// The URI SANs of the upstream peer's certificate, as Envoy joins them with `,`
+    /// (`upstream.uri_san_peer_certificate`).
+    fn upstream_peer_uri_san(&self) -> Result<Option<Vec<u8>>, HostError>;
+    /// The cluster the route chose (`xds.cluster_name`).
+    fn cluster_name(&self) -> Result<Option<Vec<u8>>, HostError>;
+    /// Envoy's response flag bits, 0 when none (`response.flags`).
+    fn response_flags(&self) -> Result<u64, HostError>;
+    /// From the first request byte to the last response byte (`request.duration`).
+    fn request_duration(&self) -> Result<Duration, HostError>;
+    /// Request bytes including headers (`request.total_size`).
+    fn request_total_size(&self) -> Result<u64, HostError>;
+    /// Response bytes including headers (`response.total_size`).
+    fn response_total_size(&self) -> Result<u64, HostError>;
+    /// gRPC messages (request, response) as Envoy's `grpc_stats` filter counted them
+    /// ([`crate::contract::GRPC_STATS_FILTER_STATE`]); `None` when it did not.
+    fn grpc_messages(&self) -> Result<Option<(u64, u64)>, HostError>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,17 +89,12 @@ pub enum MetricKind {
 
 /// The proxy's metric store.
 pub trait Metrics {
-    /// Defines a metric. Envoy allocates on every call, so callers cache ids.
-    fn define(&self, kind: MetricKind, name: &str) -> Result<u32, HostError>;
+    /// Defines one series of a metric and returns its id. Envoy allocates on every
+    /// call, so callers define each series once and cache the id.
+    fn define(&self, kind: MetricKind, series: &Series<'_>) -> Result<u32, HostError>;
     fn increment(&self, id: u32, by: i64) -> Result<(), HostError>;
     /// Records a histogram sample, or sets a gauge.
     fn record(&self, id: u32, value: u64) -> Result<(), HostError>;
-}
-
-/// Envoy encodes integer attributes as 8 little-endian bytes.
-pub fn le_u64(bytes: &[u8]) -> Option<u64> {
-    let array: [u8; 8] = bytes.try_into().ok()?;
-    Some(u64::from_le_bytes(array))
 }
 
 /// The value of `name` in a header list (names are lower case on the wire).
@@ -58,68 +105,3 @@ pub fn find_header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&
 /// Both halves of the host, as one adapter usually provides them.
 pub trait Host: Stream + Metrics {}
 impl<T: Stream + Metrics> Host for T {}
-
-/// Parses proxy-wasm's pair list (a u32 count, then (key size, value size)
-/// u32 pairs, then each key and value followed by a NUL), as the host hands
-/// over a header map. `None` when the sizes do not fit the buffer.
-pub fn parse_header_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
-    if bytes.is_empty() {
-        return Some(Vec::new());
-    }
-    let word = |at: usize| -> Option<usize> {
-        let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
-        usize::try_from(u32::from_le_bytes(raw)).ok()
-    };
-    let count = word(0)?;
-    let mut data = count.checked_mul(8)?.checked_add(4)?;
-    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
-    for n in 0..count {
-        let sizes = 4 + n * 8;
-        let (key_size, value_size) = (word(sizes)?, word(sizes + 4)?);
-        let key = bytes.get(data..data.checked_add(key_size)?)?;
-        data = data.checked_add(key_size)?.checked_add(1)?;
-        let value = bytes.get(data..data.checked_add(value_size)?)?;
-        data = data.checked_add(value_size)?.checked_add(1)?;
-        pairs.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
-    }
-    Some(pairs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_header_pairs;
-
-    fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (k, v) in pairs {
-            out.extend((k.len() as u32).to_le_bytes());
-            out.extend((v.len() as u32).to_le_bytes());
-        }
-        for (k, v) in pairs {
-            out.extend(k.as_bytes());
-            out.push(0);
-            out.extend(*v);
-            out.push(0);
-        }
-        out
-    }
-
-    #[test]
-    fn header_pairs_round_trip_with_non_utf8_values() {
-        let raw = serialize(&[(":status", b"200"), ("baggage", b"\xff\xfe")]);
-        assert_eq!(
-            parse_header_pairs(&raw),
-            Some(vec![(":status".to_owned(), b"200".to_vec()), ("baggage".to_owned(), b"\xff\xfe".to_vec())])
-        );
-    }
-
-    #[test]
-    fn truncated_or_lying_header_pairs_are_refused() {
-        let raw = serialize(&[("a", b"b")]);
-        // Every cut loses part of a size, a key or a value (the final NUL is not needed).
-        for cut in 1..raw.len() - 1 {
-            assert_eq!(parse_header_pairs(&raw[..cut]), None, "cut at {cut}");
-        }
-        assert_eq!(parse_header_pairs(&u32::MAX.to_le_bytes()), None);
-    }
-}

@@ -1,6 +1,7 @@
 //! Istio's L7 metric labels for `reporter="waypoint"` (PROTOCOL.md §4) and the
 //! encoding of labels into an Envoy stat name for `stats_config.stats_tags`.
 
+use crate::contract::ERROR_REASON_TAG;
 use crate::peer::Peer;
 use crate::value;
 
@@ -44,13 +45,75 @@ pub const RESPONSE_MESSAGES: &str = "istio_response_messages_total";
 
 /// Istio's proxies export `istio_build{component,tag} 1`, which dashboards and Kiali read.
 pub const BUILD: &str = "istio_build";
-/// The tags of [`BUILD`], encoded in its stat name like the labels.
+/// The labels of [`BUILD`].
 pub const BUILD_TAGS: [&str; 2] = ["component", "tag"];
+/// This module's [`BUILD`] labels: component `proxy` as Istio's proxies say, tag this
+/// project's version.
+const BUILD_VALUES: [&str; 2] = ["proxy", env!("CARGO_PKG_VERSION")];
 
-/// The stat name of `istio_build` for this module: component `proxy` as Istio's
-/// proxies say, tag this project's version.
-pub fn build_stat_name() -> String {
-    format!("{BUILD};component=proxy;tag={}", env!("CARGO_PKG_VERSION"))
+/// This module's own counter of what degraded or was refused, by reason.
+pub const ERRORS_TOTAL: &str = "waypoint_errors_total";
+
+/// One series of a metric: the metric's name and its labels, names and values in
+/// order. A host with labelled metrics defines each metric once with
+/// [`Series::label_names`] and picks the series by [`Series::label_values`]; the
+/// proxy-wasm module encodes it as one stat name ([`Series::stat_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Series<'a> {
+    name: &'static str,
+    label_names: &'static [&'static str],
+    label_values: &'a [&'a str],
+}
+
+impl<'a> Series<'a> {
+    /// One of the Istio request metrics ([`REQUESTS_TOTAL`] and the others), with the
+    /// waypoint's 25 labels.
+    pub fn istio(name: &'static str, values: &'a [&'a str; 25]) -> Self {
+        Self { name, label_names: &LABEL_NAMES, label_values: values }
+    }
+
+    /// [`ERRORS_TOTAL`] for one reason.
+    pub fn errors(reason: &'a &'a str) -> Self {
+        Self { name: ERRORS_TOTAL, label_names: &[ERROR_REASON_TAG], label_values: std::slice::from_ref(reason) }
+    }
+
+    /// [`BUILD`] for this module.
+    pub fn build() -> Series<'static> {
+        Series { name: BUILD, label_names: &BUILD_TAGS, label_values: &BUILD_VALUES }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn label_names(&self) -> &'static [&'static str] {
+        self.label_names
+    }
+
+    pub fn label_values(&self) -> &'a [&'a str] {
+        self.label_values
+    }
+
+    /// The stat name Envoy's `stats_tags` (see [`stats_tag_regex`]) cut back into the
+    /// metric's name and its labels: `name;label=value;label=value...`. Safe because no
+    /// label value holds `;` or `=` ([`crate::value`]).
+    pub fn stat_name(&self) -> String {
+        let mut out = String::with_capacity(640);
+        out.push_str(self.name);
+        for (name, value) in self.label_names.iter().zip(self.label_values) {
+            out.push(';');
+            out.push_str(name);
+            out.push('=');
+            out.push_str(value);
+        }
+        out
+    }
+}
+
+/// Every label name the stat names carry, for the config's `stats_tags`: Istio's 25,
+/// the error counter's reason, the build gauge's tags.
+pub fn stat_tag_names() -> impl Iterator<Item = &'static str> {
+    LABEL_NAMES.iter().copied().chain([ERROR_REASON_TAG]).chain(BUILD_TAGS)
 }
 
 const UNKNOWN: &str = "unknown";
@@ -182,24 +245,15 @@ impl Labels {
         LABEL_NAMES.iter().position(|n| *n == name).and_then(|i| self.0.get(i)).map(String::as_str)
     }
 
-    /// `;name=value` for every label, appended to a metric's base name to form
-    /// the Envoy stat name. Envoy's `stats_tags` (see [`stats_tag_regex`]) cut
-    /// each pair back out, leaving the base name with real labels.
-    pub fn stat_suffix(&self) -> String {
-        let mut out = String::with_capacity(640);
-        for (name, val) in LABEL_NAMES.iter().zip(self.0.iter()) {
-            out.push(';');
-            out.push_str(name);
-            out.push('=');
-            out.push_str(val);
-        }
-        out
+    /// The values in [`LABEL_NAMES`] order, for [`Series::istio`].
+    pub fn values(&self) -> [&str; 25] {
+        self.0.each_ref().map(String::as_str)
     }
 }
 
-/// The `stats_tags` regex that extracts label `name` from a stat name built
-/// with [`Labels::stat_suffix`]: the first group is cut, the second is the value.
-/// The renderer writes one per label into the Envoy config, so names exist once.
+/// The `stats_tags` regex that extracts label `name` from a [`Series::stat_name`]:
+/// the first group is cut, the second is the value. The renderer writes one per
+/// [`stat_tag_names`] into the Envoy config, so names exist once.
 pub fn stats_tag_regex(name: &str) -> String {
     format!("(;{name}=([^;]*))")
 }
@@ -245,5 +299,25 @@ mod tests {
                 assert!(!format!(";{b}=").contains(&format!(";{a}=")));
             }
         }
+    }
+
+    #[test]
+    fn series_encode_as_the_stat_names_the_config_cuts_back() {
+        assert_eq!(Series::errors(&"host_call").stat_name(), "waypoint_errors_total;reason=host_call");
+        let build = Series::build();
+        assert_eq!((build.name(), build.label_names()), ("istio_build", &["component", "tag"][..]));
+        assert_eq!(build.label_values().first(), Some(&"proxy"));
+        let labels = Labels::waypoint(
+            &Peer::default(),
+            &Peer::default(),
+            &RoutedService::default(),
+            &RequestFacts { response_code: 200, grpc: false, grpc_status: None, response_flags: "" },
+        );
+        let values = labels.values();
+        let name = Series::istio(REQUESTS_TOTAL, &values).stat_name();
+        assert!(name.starts_with("istio_requests_total;reporter=waypoint;source_workload=unknown;"), "{name}");
+        assert!(
+            name.ends_with(";response_code=200;grpc_response_status=;response_flags=-;connection_security_policy=none")
+        );
     }
 }

@@ -15,11 +15,10 @@
 use crate::baggage;
 use crate::config::PluginConfig;
 use crate::contract::{
-    DOWNSTREAM_BAGGAGE, DOWNSTREAM_LEGACY, DOWNSTREAM_SAN, ENDPOINT_HEADER, GRPC_STATS_FILTER_STATE, SERVICE_HEADER,
-    UPSTREAM_CONNECTION_HEADER,
+    DOWNSTREAM_BAGGAGE, DOWNSTREAM_LEGACY, DOWNSTREAM_SAN, ENDPOINT_HEADER, SERVICE_HEADER, UPSTREAM_CONNECTION_HEADER,
 };
 use crate::endpoint;
-use crate::host::{HeaderMap, Host, find_header, le_u64};
+use crate::host::{HeaderMap, Host, find_header};
 use crate::labels::{self, RoutedService};
 use crate::legacy;
 use crate::peer::{Decoded, Peer};
@@ -100,11 +99,7 @@ impl Upstream {
             counted(host.add_header(HeaderMap::Request, BAGGAGE, own), host, worker);
         }
         // Without its id the tunnel cannot be found again: its requests read `unknown`.
-        let id = match host.property(&["connection", "id"]) {
-            Ok(Some(bytes)) => le_u64(&bytes),
-            _ => None,
-        };
-        let Some(id) = id else {
+        let Ok(Some(id)) = host.connection_id() else {
             worker.count(ErrorReason::HostCall, host);
             return None;
         };
@@ -130,7 +125,7 @@ impl Upstream {
         {
             peer = decode_baggage(raw, &self.config, host, worker);
         }
-        let san = counted(host.property(&["upstream", "uri_san_peer_certificate"]), host, worker).flatten();
+        let san = counted(host.upstream_peer_uri_san(), host, worker).flatten();
         peer.principal = principal(san.as_deref().unwrap_or_default(), &self.config, host, worker);
         pin_to_identity(&mut peer, host, worker);
         let id = worker.peer_id(peer, host);
@@ -247,28 +242,26 @@ impl Stats {
     }
 
     pub fn on_log(&self, host: &impl Host, worker: &mut Worker, state: &RequestState) {
-        let read = |worker: &mut Worker, path: &[&str]| counted(host.property(path), host, worker).flatten();
-        let number = |worker: &mut Worker, path: &[&str]| read(worker, path).and_then(|b| le_u64(&b)).unwrap_or(0);
-
         // Without response headers (a reset before any answer) the route names the service.
         let service = match state.service {
             Some(service) => service,
             None => {
-                let cluster = read(worker, &["xds", "cluster_name"]).unwrap_or_default();
+                let cluster = counted(host.cluster_name(), host, worker).flatten().unwrap_or_default();
                 self.service(&cluster, host, worker)
             }
         };
-        let response_flags = number(worker, &["response", "flags"]);
+        let response_flags = counted(host.response_flags(), host, worker).unwrap_or(0);
         // A request that reached no tunnel has only the endpoint Envoy picked for it.
         let tunnel_peer = if response_flags::no_upstream_reached(response_flags) { 0 } else { state.tunnel_peer };
         let destination = worker.destination(tunnel_peer, state.endpoint_peer, host);
         worker.hold(destination);
         let (grpc_status, messages) = if state.grpc {
             let status = state.grpc_status.or_else(|| labels::grpc_status_from_http(state.response_code));
-            (status, read(worker, &["filter_state", GRPC_STATS_FILTER_STATE]).and_then(|b| grpc_messages(&b)))
+            (status, counted(host.grpc_messages(), host, worker).flatten())
         } else {
             (None, None)
         };
+        let duration = counted(host.request_duration(), host, worker).unwrap_or_default();
         let observation = Observation {
             source: state.source,
             destination,
@@ -277,9 +270,9 @@ impl Stats {
             response_flags,
             grpc: state.grpc,
             grpc_status,
-            duration_ms: number(worker, &["request", "duration"]) / 1_000_000,
-            request_bytes: number(worker, &["request", "total_size"]),
-            response_bytes: number(worker, &["response", "total_size"]),
+            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            request_bytes: counted(host.request_total_size(), host, worker).unwrap_or(0),
+            response_bytes: counted(host.response_total_size(), host, worker).unwrap_or(0),
             messages,
         };
         if worker.record(&observation, host).is_err() {
@@ -335,45 +328,6 @@ fn pin_to_identity(peer: &mut Peer, host: &impl Host, worker: &mut Worker) {
         worker.count(ErrorReason::IdentityMismatch, host);
     }
     peer.pin_namespace();
-}
-
-/// gRPC messages (request, response) from Envoy's `grpc_stats` filter state. Envoy
-/// 1.40 hands wasm the object's string form, `<request count>,<response count>`
-/// (`GrpcStatsObject::serializeAsString`); its `FilterObject` proto (field 1
-/// request_message_count, field 2 response_message_count, varints) is read too, for
-/// hosts that serialize the proto instead.
-fn grpc_messages(bytes: &[u8]) -> Option<(u64, u64)> {
-    if let Some((requests, responses)) = std::str::from_utf8(bytes).ok().and_then(|text| text.split_once(',')) {
-        return Some((requests.trim().parse().ok()?, responses.trim().parse().ok()?));
-    }
-    if bytes.is_empty() {
-        return None;
-    }
-    let (mut requests, mut responses) = (0, 0);
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        let (tag, after_tag) = varint(rest)?;
-        let (value, after_value) = varint(after_tag)?;
-        match tag {
-            0x08 => requests = value,
-            0x10 => responses = value,
-            // Anything but the two varint fields: not the object we know.
-            _ => return None,
-        }
-        rest = after_value;
-    }
-    Some((requests, responses))
-}
-
-fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let mut value = 0u64;
-    for (index, byte) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * index);
-        if byte & 0x80 == 0 {
-            return Some((value, bytes.get(index + 1..).unwrap_or_default()));
-        }
-    }
-    None
 }
 
 fn decode_baggage(raw: &[u8], config: &PluginConfig, host: &impl Host, worker: &mut Worker) -> Peer {

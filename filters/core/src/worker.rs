@@ -5,11 +5,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 
-use crate::contract::ERROR_REASON_TAG;
 use crate::host::{HostError, MetricKind, Metrics};
 use crate::labels::{
     Labels, REQUEST_BYTES, REQUEST_DURATION, REQUEST_MESSAGES, REQUESTS_TOTAL, RESPONSE_BYTES, RESPONSE_MESSAGES,
-    RequestFacts, RoutedService,
+    RequestFacts, RoutedService, Series,
 };
 use crate::peer::Peer;
 use crate::response_flags;
@@ -65,14 +64,6 @@ impl ErrorReason {
     fn index(self) -> usize {
         Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
-}
-
-/// This module's own counter of what degraded or was refused, by reason.
-pub const ERRORS_TOTAL: &str = "waypoint_errors_total";
-
-/// The error counter's name: tags encoded like the Istio metrics.
-pub fn error_metric_name(reason: ErrorReason) -> String {
-    format!("{ERRORS_TOTAL};{ERROR_REASON_TAG}={}", reason.as_str())
 }
 
 /// Small dense ids for values seen often, so hot-path keys are integers.
@@ -386,8 +377,7 @@ impl Worker {
 
     /// Exports `istio_build` once per worker (the gauge is shared, so every worker sets 1).
     pub fn announce_build(&mut self, metrics: &impl Metrics) {
-        let set =
-            metrics.define(MetricKind::Gauge, &crate::labels::build_stat_name()).and_then(|id| metrics.record(id, 1));
+        let set = metrics.define(MetricKind::Gauge, &Series::build()).and_then(|id| metrics.record(id, 1));
         if set.is_err() {
             self.count(ErrorReason::HostCall, metrics);
         }
@@ -397,7 +387,7 @@ impl Worker {
     pub fn count(&mut self, reason: ErrorReason, metrics: &impl Metrics) {
         let Some(slot) = self.error_ids.get_mut(reason.index()) else { return };
         if slot.is_none() {
-            *slot = metrics.define(MetricKind::Counter, &error_metric_name(reason)).ok();
+            *slot = metrics.define(MetricKind::Counter, &Series::errors(&reason.as_str())).ok();
         }
         if let Some(id) = *slot {
             let _ = metrics.increment(id, 1);
@@ -592,8 +582,8 @@ impl Worker {
                 response_flags: &flags,
             },
         );
-        let suffix = labels.stat_suffix();
-        let define = |kind, base: &str| metrics.define(kind, &format!("{base}{suffix}"));
+        let values = labels.values();
+        let define = |kind, name| metrics.define(kind, &Series::istio(name, &values));
         let messages = if key.grpc {
             Some((define(MetricKind::Counter, REQUEST_MESSAGES)?, define(MetricKind::Counter, RESPONSE_MESSAGES)?))
         } else {

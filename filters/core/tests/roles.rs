@@ -5,8 +5,11 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
-use waypoint_core::host::{HeaderMap, HostError, MetricKind, Metrics, Stream};
+use std::time::Duration;
+
+use waypoint_core::host::{HeaderMap, HostError, HostStatus, MetricKind, Metrics, Stream};
 use waypoint_core::labels::LABEL_NAMES;
+use waypoint_core::labels::Series;
 use waypoint_core::roles::{Downstream, RequestState, Stats, Upstream};
 use waypoint_core::worker::Worker;
 use waypoint_core::{PluginConfig, legacy};
@@ -16,7 +19,10 @@ type Headers = Vec<(String, Vec<u8>)>;
 #[derive(Default)]
 struct FakeHost {
     maps: RefCell<HashMap<&'static str, Headers>>,
+    /// Envoy's attributes by their path, as the typed accessors stand for them.
     properties: HashMap<String, Vec<u8>>,
+    numbers: HashMap<String, u64>,
+    grpc_messages: Option<(u64, u64)>,
     defined: RefCell<Vec<(MetricKind, String)>>,
     values: RefCell<HashMap<u32, Vec<i128>>>,
     failing: HashSet<&'static str>,
@@ -40,15 +46,28 @@ impl FakeHost {
         self.properties.insert(path.to_string(), value.to_vec());
         self
     }
-    fn num(self, path: &str, value: u64) -> Self {
-        self.prop(path, &value.to_le_bytes())
+    fn num(mut self, path: &str, value: u64) -> Self {
+        self.numbers.insert(path.to_string(), value);
+        self
+    }
+    fn messages(mut self, requests: u64, responses: u64) -> Self {
+        self.grpc_messages = Some((requests, responses));
+        self
+    }
+    fn property(&self, path: &str) -> Result<Option<Vec<u8>>, HostError> {
+        self.check("property")?;
+        Ok(self.properties.get(path).cloned())
+    }
+    fn number(&self, path: &str) -> Result<Option<u64>, HostError> {
+        self.check("property")?;
+        Ok(self.numbers.get(path).copied())
     }
     fn failing(mut self, call: &'static str) -> Self {
         self.failing.insert(call);
         self
     }
     fn check(&self, call: &'static str) -> Result<(), HostError> {
-        if self.failing.contains(call) { Err(HostError { call, status: "injected".into() }) } else { Ok(()) }
+        if self.failing.contains(call) { Err(HostError { call, status: HostStatus::Internal }) } else { Ok(()) }
     }
     fn get(&self, map: HeaderMap, name: &str) -> Option<String> {
         let maps = self.maps.borrow();
@@ -90,17 +109,44 @@ impl Stream for FakeHost {
         self.maps.borrow_mut().entry(map_name(map)).or_default().push((name.into(), value.to_vec()));
         Ok(())
     }
-    fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+    fn connection_id(&self) -> Result<Option<u64>, HostError> {
+        self.number("connection.id")
+    }
+    fn upstream_peer_uri_san(&self) -> Result<Option<Vec<u8>>, HostError> {
+        self.property("upstream.uri_san_peer_certificate")
+    }
+    fn cluster_name(&self) -> Result<Option<Vec<u8>>, HostError> {
+        self.property("xds.cluster_name")
+    }
+    fn response_flags(&self) -> Result<u64, HostError> {
+        Ok(self.number("response.flags")?.unwrap_or(0))
+    }
+    fn request_duration(&self) -> Result<Duration, HostError> {
+        Ok(Duration::from_nanos(self.number("request.duration")?.unwrap_or(0)))
+    }
+    fn request_total_size(&self) -> Result<u64, HostError> {
+        Ok(self.number("request.total_size")?.unwrap_or(0))
+    }
+    fn response_total_size(&self) -> Result<u64, HostError> {
+        Ok(self.number("response.total_size")?.unwrap_or(0))
+    }
+    fn grpc_messages(&self) -> Result<Option<(u64, u64)>, HostError> {
         self.check("property")?;
-        Ok(self.properties.get(&path.join(".")).cloned())
+        Ok(self.grpc_messages)
     }
 }
 
 impl Metrics for FakeHost {
-    fn define(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
+    /// Keeps each series as `name;label=value...`, the way the tests read it back.
+    fn define(&self, kind: MetricKind, series: &Series<'_>) -> Result<u32, HostError> {
         self.check("define")?;
+        assert_eq!(series.label_names().len(), series.label_values().len(), "{series:?}");
+        let mut name = series.name().to_string();
+        for (label, value) in series.label_names().iter().zip(series.label_values()) {
+            name.push_str(&format!(";{label}={value}"));
+        }
         let mut defined = self.defined.borrow_mut();
-        defined.push((kind, name.to_string()));
+        defined.push((kind, name));
         Ok(defined.len() as u32 - 1)
     }
     fn increment(&self, id: u32, by: i64) -> Result<(), HostError> {
@@ -525,7 +571,7 @@ fn a_request_that_reached_no_destination_names_its_cluster_from_the_endpoint() {
     assert_eq!(labels["response_flags"], "UF");
 }
 
-fn grpc_request(trailers: &[(&str, &str)], response: &[(&str, &str)], messages: Option<&[u8]>) -> FakeHost {
+fn grpc_request(trailers: &[(&str, &str)], response: &[(&str, &str)], messages: Option<(u64, u64)>) -> FakeHost {
     let config = waypoint_config();
     let mut worker = Worker::new(&config.limits);
     let stats = Stats::new(config);
@@ -533,8 +579,8 @@ fn grpc_request(trailers: &[(&str, &str)], response: &[(&str, &str)], messages: 
         .with(HeaderMap::Request, &[("content-type", "application/grpc")])
         .with(HeaderMap::Response, response)
         .with(HeaderMap::ResponseTrailers, trailers);
-    if let Some(messages) = messages {
-        host = host.prop("filter_state.envoy.filters.http.grpc_stats", messages);
+    if let Some((requests, responses)) = messages {
+        host = host.messages(requests, responses);
     }
     let mut state = RequestState::default();
     stats.on_request_headers(&host, &mut worker, &mut state);
@@ -562,8 +608,7 @@ fn grpc_statuses_outside_the_seventeen_codes_read_one_value() {
 
 #[test]
 fn grpc_messages_are_counted_each_way() {
-    // FilterObject { request_message_count: 1, response_message_count: 3 }
-    let host = grpc_request(&[("grpc-status", "0")], &[(":status", "200")], Some(&[0x08, 0x01, 0x10, 0x03]));
+    let host = grpc_request(&[("grpc-status", "0")], &[(":status", "200")], Some((1, 3)));
     let defined = host.defined.borrow();
     let sum = |base: &str| {
         let id = defined.iter().position(|(_, n)| n.split(';').next() == Some(base)).expect(base);
@@ -571,18 +616,6 @@ fn grpc_messages_are_counted_each_way() {
     };
     assert_eq!(sum("istio_request_messages_total"), 1);
     assert_eq!(sum("istio_response_messages_total"), 3);
-}
-
-#[test]
-fn grpc_messages_are_read_from_envoys_string_form() {
-    // What Envoy 1.40 hands wasm for the grpc_stats object: "<requests>,<responses>".
-    let host = grpc_request(&[("grpc-status", "0")], &[(":status", "200")], Some(b"2,7"));
-    let defined = host.defined.borrow();
-    let sum = |base: &str| {
-        let id = defined.iter().position(|(_, n)| n.split(';').next() == Some(base)).expect(base);
-        host.values.borrow().get(&(id as u32)).map(|v| v.iter().sum::<i128>()).unwrap_or(0)
-    };
-    assert_eq!((sum("istio_request_messages_total"), sum("istio_response_messages_total")), (2, 7));
 }
 
 /// `n` distinct peers of one identity through one worker, then a legit one of another.

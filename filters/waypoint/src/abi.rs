@@ -8,7 +8,7 @@
 
 use std::ptr::null_mut;
 
-use waypoint_core::host::parse_header_pairs;
+use crate::wire::parse_header_pairs;
 
 /// A proxy-wasm status code other than `Ok`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

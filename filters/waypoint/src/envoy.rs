@@ -1,14 +1,34 @@
 //! `waypoint_core::host` implemented with the proxy-wasm host calls of [`crate::abi`].
 
-use waypoint_core::host::{HeaderMap, HostError, MetricKind, Metrics, Stream};
+use std::time::Duration;
+
+use waypoint_core::contract::GRPC_STATS_FILTER_STATE;
+use waypoint_core::host::{HeaderMap, HostError, HostStatus, MetricKind, Metrics, Stream};
+use waypoint_core::labels::Series;
 
 use crate::abi::{self, Map, Metric, Status};
+use crate::wire;
 
 /// The proxy, as seen from the current context.
 pub struct Envoy;
 
+const GET_PROPERTY: &str = "proxy_get_property";
+
+/// proxy-wasm's `Status` codes (ABI 0.2.1) as the host seam's statuses.
+fn host_status(status: Status) -> HostStatus {
+    match status.0 {
+        1 => HostStatus::NotFound,
+        // BadArgument, BadExpression, InvalidMemoryAccess.
+        2 | 5 | 6 => HostStatus::BadArgument,
+        // SerializationFailure, ParseFailure.
+        3 | 4 => HostStatus::ParseFailure,
+        12 => HostStatus::Unsupported,
+        _ => HostStatus::Internal,
+    }
+}
+
 fn failed(call: &'static str) -> impl Fn(Status) -> HostError {
-    move |status| HostError { call, status: format!("status {}", status.0) }
+    move |status| HostError { call, status: host_status(status) }
 }
 
 fn map(map: HeaderMap) -> Map {
@@ -17,6 +37,16 @@ fn map(map: HeaderMap) -> Map {
         HeaderMap::Response => Map::ResponseHeaders,
         HeaderMap::ResponseTrailers => Map::ResponseTrailers,
     }
+}
+
+fn property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+    abi::property(path).map_err(failed(GET_PROPERTY))
+}
+
+/// An integer attribute; `None` when absent, an error when not 8 bytes.
+fn integer(path: &[&str]) -> Result<Option<u64>, HostError> {
+    let unreadable = HostError { call: GET_PROPERTY, status: HostStatus::ParseFailure };
+    property(path)?.map(|bytes| wire::le_u64(&bytes).ok_or(unreadable)).transpose()
 }
 
 impl Stream for Envoy {
@@ -36,19 +66,48 @@ impl Stream for Envoy {
         abi::add_header(map(which), name, value).map_err(failed("proxy_add_header_map_value"))
     }
 
-    fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
-        abi::property(path).map_err(failed("proxy_get_property"))
+    fn connection_id(&self) -> Result<Option<u64>, HostError> {
+        integer(&["connection", "id"])
+    }
+
+    fn upstream_peer_uri_san(&self) -> Result<Option<Vec<u8>>, HostError> {
+        property(&["upstream", "uri_san_peer_certificate"])
+    }
+
+    fn cluster_name(&self) -> Result<Option<Vec<u8>>, HostError> {
+        property(&["xds", "cluster_name"])
+    }
+
+    fn response_flags(&self) -> Result<u64, HostError> {
+        Ok(integer(&["response", "flags"])?.unwrap_or(0))
+    }
+
+    fn request_duration(&self) -> Result<Duration, HostError> {
+        Ok(Duration::from_nanos(integer(&["request", "duration"])?.unwrap_or(0)))
+    }
+
+    fn request_total_size(&self) -> Result<u64, HostError> {
+        Ok(integer(&["request", "total_size"])?.unwrap_or(0))
+    }
+
+    fn response_total_size(&self) -> Result<u64, HostError> {
+        Ok(integer(&["response", "total_size"])?.unwrap_or(0))
+    }
+
+    fn grpc_messages(&self) -> Result<Option<(u64, u64)>, HostError> {
+        // An object this module cannot read is as good as none: grpc_stats is optional.
+        Ok(property(&["filter_state", GRPC_STATS_FILTER_STATE])?.and_then(|bytes| wire::grpc_messages(&bytes)))
     }
 }
 
 impl Metrics for Envoy {
-    fn define(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
+    fn define(&self, kind: MetricKind, series: &Series<'_>) -> Result<u32, HostError> {
         let kind = match kind {
             MetricKind::Counter => Metric::Counter,
             MetricKind::Gauge => Metric::Gauge,
             MetricKind::Histogram => Metric::Histogram,
         };
-        abi::define_metric(kind, name).map_err(failed("proxy_define_metric"))
+        abi::define_metric(kind, &series.stat_name()).map_err(failed("proxy_define_metric"))
     }
 
     fn increment(&self, id: u32, by: i64) -> Result<(), HostError> {

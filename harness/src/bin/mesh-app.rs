@@ -43,7 +43,7 @@ use harness::apps;
 use harness::grpc::{GrpcClient, GrpcServer};
 use harness::http::Connection;
 use harness::traffic::service_host;
-use host_shim::config::Mesh;
+use mesh::Mesh;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use host_shim::ca::{self, CertDir};
-use host_shim::config::Mesh;
 use host_shim::tls::Credentials;
 use host_shim::tuning::Tuning;
 use host_shim::{Shim, ShimOptions, http2, pool};
+use mesh::Mesh;
+use mesh::ca::{self, CertDir};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

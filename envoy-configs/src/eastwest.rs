@@ -7,12 +7,12 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::ca::{CaError, CertDir};
-use crate::config::{Mesh, Service};
 use crate::template::{self, quoted};
+use mesh::ca::{CaError, CertDir};
+use mesh::{Mesh, Service};
 
 /// The template, built in so the binary and the tests render the same file.
-pub const TEMPLATE: &str = include_str!("../../envoy-configs/eastwest.yaml.in");
+pub const TEMPLATE: &str = include_str!("../eastwest.yaml.in");
 
 #[derive(Debug, thiserror::Error)]
 pub enum EastWestError {
@@ -21,7 +21,7 @@ pub enum EastWestError {
     #[error("gateway identity: {0}")]
     Identity(#[from] CaError),
     #[error(transparent)]
-    Template(#[from] crate::template::Leftover),
+    Template(#[from] template::Leftover),
 }
 
 pub struct EastWest<'a> {
@@ -36,8 +36,7 @@ pub fn render(template: &str, params: &EastWest<'_>) -> Result<String, EastWestE
     let mesh = params.mesh;
     let gateway = mesh.gateway_of(params.network).ok_or_else(|| EastWestError::NoGateway(params.network.to_owned()))?;
     let path = |p: &Path| quoted(&p.display().to_string());
-    let services: Vec<&Service> =
-        mesh.services.iter().filter(|s| mesh.endpoints(s).any(|w| w.network == params.network)).collect();
+    let services = served(mesh, params.network);
     let virtual_hosts: Vec<Value> = services.iter().map(|s| virtual_host(s)).collect();
     let clusters: Vec<Value> = services.iter().map(|s| cluster(mesh, s, params.network)).collect();
     let mut replacements = vec![
@@ -55,6 +54,11 @@ pub fn render(template: &str, params: &EastWest<'_>) -> Result<String, EastWestE
     ];
     replacements.extend(template::Edge::default().replacements());
     Ok(template::fill(template, &replacements)?)
+}
+
+/// The services with pods in the gateway's network: the only ones it routes.
+fn served<'m>(mesh: &'m Mesh, network: &str) -> Vec<&'m Service> {
+    mesh.services.iter().filter(|s| mesh.endpoints(s).any(|w| w.network == network)).collect()
 }
 
 fn cluster_name(s: &Service) -> String {
@@ -95,25 +99,26 @@ fn cluster(mesh: &Mesh, s: &Service, network: &str) -> Value {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_example_mesh_renders_one_route_and_cluster_per_remote_service() {
-        let mesh = Mesh::parse(include_str!("../mesh.example.json")).unwrap();
-        let certs = CertDir("/certs".into());
-        let params = EastWest {
-            mesh: &mesh,
-            network: "network-b",
-            certs: &certs,
-            admin: "127.0.0.1:15000".parse().unwrap(),
-            access_log: Path::new("/tmp/eastwest.log"),
-        };
-        let yaml = render(TEMPLATE, &params).unwrap();
-        assert!(yaml.contains(r#""domains":["ratings.bookinfo.svc.cluster.local:9080"]"#));
-        assert!(yaml.contains(r#""address":"127.10.2.2","port_value":15008"#));
-        assert!(yaml.contains(r#"filename: "/certs/istio-system.istio-eastwestgateway.cert.pem""#));
-        assert!(!yaml.contains("reviews"), "a service without pods in network-b has no route");
+    fn the_gateway_routes_each_service_of_its_network_to_that_networks_pods() {
+        let mesh = Mesh::parse(include_str!("../../mesh/mesh.example.json")).unwrap();
+        let services = served(&mesh, "network-b");
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ratings", "details"], "reviews has no pods in network-b, hence no route");
+        let ratings = services[0];
+        assert_eq!(virtual_host(ratings)["domains"], json!(["ratings.bookinfo.svc.cluster.local:9080"]));
+        let endpoints = &cluster(&mesh, ratings, "network-b")["load_assignment"]["endpoints"][0]["lb_endpoints"];
+        let addresses: Vec<&Value> = endpoints.as_array().unwrap().iter().map(|e| &e["endpoint"]["address"]).collect();
+        assert_eq!(
+            addresses,
+            [
+                &json!({ "socket_address": { "address": "127.10.2.1", "port_value": 15008 } }),
+                &json!({ "socket_address": { "address": "127.10.2.2", "port_value": 15008 } }),
+            ]
+        );
     }
 }

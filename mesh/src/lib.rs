@@ -1,5 +1,10 @@
-//! The mesh file: what xDS would tell a ztunnel, as one JSON document that can
-//! describe a whole multi-network mesh. Each shim serves the workloads of one node.
+//! What every part of the local mesh knows about it:
+//! - the mesh file: what xDS would tell a ztunnel, as one JSON document that can
+//!   describe a whole multi-network mesh ([`Mesh`]; each shim serves the workloads
+//!   of one node, the renderer configures the waypoint and gateways from it);
+//! - [`ca`]: the mesh CA and the layout of its certificate directory.
+
+pub mod ca;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -9,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 use waypoint_core::{Limits, Peer, SpiffeId, WorkloadType, value};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum MeshError {
     #[error("cannot read mesh file {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("mesh file is not valid: {0}")]
@@ -134,13 +139,13 @@ fn workload_type<'de, D: Deserializer<'de>>(d: D) -> Result<WorkloadType, D::Err
 }
 
 impl Mesh {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path) -> Result<Self, MeshError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+            .map_err(|source| MeshError::Read { path: path.display().to_string(), source })?;
         Self::parse(&text)
     }
 
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+    pub fn parse(text: &str) -> Result<Self, MeshError> {
         let mesh: Mesh = serde_json::from_str(text)?;
         mesh.validate()?;
         Ok(mesh)
@@ -148,15 +153,15 @@ impl Mesh {
 
     /// Checks what serde cannot: references resolve, identities parse, and every
     /// value that becomes a metric label or baggage member is a clean label value.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), MeshError> {
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
         for w in &self.workloads {
             if !names.insert(w.name.as_str()) {
-                return Err(ConfigError::DuplicateWorkload(w.name.clone()));
+                return Err(MeshError::DuplicateWorkload(w.name.clone()));
             }
             if !addresses.insert(w.address) {
-                return Err(ConfigError::DuplicateAddress(w.address));
+                return Err(MeshError::DuplicateAddress(w.address));
             }
             check_identity(&format!("workload {:?} identity", w.name), &self.identity_of(w))?;
             check_labels(w)?;
@@ -168,13 +173,13 @@ impl Mesh {
         for s in &self.services {
             let key = format!("{}:{}", s.hostname, s.port);
             if let Some(unknown) = s.endpoints.iter().find(|e| !names.contains(e.as_str())) {
-                return Err(ConfigError::UnknownEndpoint { service: key, workload: unknown.clone() });
+                return Err(MeshError::UnknownEndpoint { service: key, workload: unknown.clone() });
             }
             if let Some(waypoint) = &s.waypoint {
                 check_identity(&format!("service {key} waypoint identity"), &waypoint.identity)?;
             }
             if !services.insert(key.clone()) {
-                return Err(ConfigError::DuplicateService(key));
+                return Err(MeshError::DuplicateService(key));
             }
         }
         for (name, network) in &self.networks {
@@ -238,8 +243,8 @@ impl Mesh {
     }
 
     /// Resolves an outbound listener's destination against the mesh.
-    pub fn destination(&self, w: &Workload, listener: &OutboundListener) -> Result<Destination, ConfigError> {
-        let fail = |reason| ConfigError::Destination {
+    pub fn destination(&self, w: &Workload, listener: &OutboundListener) -> Result<Destination, MeshError> {
+        let fail = |reason| MeshError::Destination {
             workload: w.name.clone(),
             destination: listener.destination.clone(),
             reason,
@@ -259,14 +264,14 @@ impl Mesh {
     }
 }
 
-fn check_identity(what: &str, identity: &str) -> Result<(), ConfigError> {
+fn check_identity(what: &str, identity: &str) -> Result<(), MeshError> {
     match SpiffeId::parse(identity) {
         Some(_) => Ok(()),
-        None => Err(ConfigError::Identity { what: what.to_owned(), value: identity.to_owned() }),
+        None => Err(MeshError::Identity { what: what.to_owned(), value: identity.to_owned() }),
     }
 }
 
-fn check_labels(w: &Workload) -> Result<(), ConfigError> {
+fn check_labels(w: &Workload) -> Result<(), MeshError> {
     let max = Limits::default().max_value_bytes;
     for (field, val) in [
         ("name", &w.name),
@@ -279,7 +284,7 @@ fn check_labels(w: &Workload) -> Result<(), ConfigError> {
         ("region", &w.region),
         ("zone", &w.zone),
     ] {
-        value::sanitize(val.as_bytes(), max).map_err(|source| ConfigError::LabelValue {
+        value::sanitize(val.as_bytes(), max).map_err(|source| MeshError::LabelValue {
             workload: w.name.clone(),
             field,
             value: val.clone(),
@@ -305,13 +310,13 @@ mod tests {
     #[test]
     fn a_label_value_that_could_forge_labels_is_rejected() {
         let text = include_str!("../mesh.example.json").replacen("\"cluster-a\"", "\"a;b=c\"", 1);
-        assert!(matches!(Mesh::parse(&text), Err(ConfigError::LabelValue { field: "cluster", .. })));
+        assert!(matches!(Mesh::parse(&text), Err(MeshError::LabelValue { field: "cluster", .. })));
     }
 
     #[test]
     fn an_endpoint_must_name_a_workload() {
         let text = include_str!("../mesh.example.json").replacen("\"ratings-v1-a\"]", "\"nobody\"]", 1);
         let text = text.replacen("\"ratings-v1-a\",", "\"nobody\",", 1);
-        assert!(matches!(Mesh::parse(&text), Err(ConfigError::UnknownEndpoint { .. })), "{text}");
+        assert!(matches!(Mesh::parse(&text), Err(MeshError::UnknownEndpoint { .. })), "{text}");
     }
 }

@@ -1,7 +1,8 @@
 //! Renders `envoy-configs/waypoint.yaml.in` for one waypoint of a mesh file:
 //! the services it serves, their endpoints (same network: direct HBONE; other
 //! networks: double HBONE through that network's east-west gateway), the TLS
-//! identities each hop must present, and the wasm plugins' configuration.
+//! identities each hop must present, and the three roles' filters with their
+//! configuration, in the engine chosen ([`Engine`]: the wasm module or the native one).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -10,18 +11,18 @@ use std::path::Path;
 use serde_json::{Value, json};
 use waypoint_core::contract::{
     DOWNSTREAM_PARTS, ENDPOINT_HEADER, ENDPOINT_METADATA_KEY, ENDPOINT_METADATA_NAMESPACE, ERROR_REASON_TAG,
-    SERVICE_HEADER, UPSTREAM_CONNECTION_HEADER, route_response_headers,
+    NATIVE_METRICS_NAMESPACE, NATIVE_MODULE, ROLE_DOWNSTREAM, ROLE_NOOP, ROLE_STATS, ROLE_UPSTREAM, SERVICE_HEADER,
+    UPSTREAM_CONNECTION_HEADER, route_response_headers,
 };
 use waypoint_core::labels::{BUILD_TAGS, LABEL_NAMES, stats_tag_regex};
 use waypoint_core::{Limits, endpoint};
 
-use crate::ca::{CaError, CertDir};
-use crate::config::{Mesh, Service, Workload};
-pub use crate::template::Edge;
-use crate::template::{self, quoted};
+use crate::template::{self, Edge, quoted};
+use mesh::ca::{CaError, CertDir};
+use mesh::{Mesh, Service, Workload};
 
 /// The template, built in so the binary and the tests render the same file.
-pub const TEMPLATE: &str = include_str!("../../envoy-configs/waypoint.yaml.in");
+pub const TEMPLATE: &str = include_str!("../waypoint.yaml.in");
 
 #[derive(Debug, thiserror::Error)]
 pub enum WaypointError {
@@ -39,11 +40,82 @@ pub enum WaypointError {
     Template(#[from] template::Leftover),
 }
 
+/// Which build of the waypoint's filters the config loads, from the same waypoint-core.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// The proxy-wasm module ([`Waypoint::wasm`]), one V8 VM per worker.
+    #[default]
+    Wasm,
+    /// The native dynamic module `lib`[`NATIVE_MODULE`]`.so`, which Envoy loads from
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` (the caller sets it for the Envoy process).
+    Native,
+    /// The native module's do-nothing filter in the three places: the benchmark's floor.
+    NativeNoop,
+}
+
+impl Engine {
+    /// `--engine` values.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "wasm" => Some(Self::Wasm),
+            "native" => Some(Self::Native),
+            "native-noop" => Some(Self::NativeNoop),
+            _ => None,
+        }
+    }
+
+    /// One role's HTTP filter, with the plugin configuration (a JSON string).
+    fn filter(self, role: &str, wasm: &Path, plugin_config: &str) -> Value {
+        let configuration =
+            json!({ "@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config });
+        match self {
+            // One identical vm_config for every role: Envoy runs one VM per worker for all
+            // three, so the roles share the module's per-worker state. If the VM dies,
+            // traffic keeps flowing, unlabelled (FAIL_OPEN).
+            Self::Wasm => json!({
+                "name": "envoy.filters.http.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": role,
+                        "root_id": role,
+                        "vm_config": {
+                            "vm_id": "waypoint",
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": { "local": { "filename": wasm.display().to_string() } },
+                        },
+                        "configuration": configuration,
+                        "failure_policy": "FAIL_OPEN",
+                    },
+                },
+            }),
+            // One module for every role (loaded once per process): the roles share its
+            // per-worker state. Kept loaded, so that state outlives a config reload.
+            Self::Native | Self::NativeNoop => json!({
+                "name": "envoy.extensions.filters.http.dynamic_modules",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                    "dynamic_module_config": {
+                        "name": NATIVE_MODULE,
+                        "do_not_close": true,
+                        "metrics_namespace": NATIVE_METRICS_NAMESPACE,
+                    },
+                    "filter_name": if self == Self::NativeNoop { ROLE_NOOP } else { role },
+                    "filter_config": configuration,
+                },
+            }),
+        }
+    }
+}
+
 pub struct Waypoint<'a> {
     pub mesh: &'a Mesh,
     /// The waypoint's own workload entry (its identity, cluster, network).
     pub workload: &'a str,
     pub certs: &'a CertDir,
+    /// The filters' engine.
+    pub engine: Engine,
+    /// The wasm module (the wasm engine only).
     pub wasm: &'a Path,
     pub admin: SocketAddr,
     pub access_log: &'a Path,
@@ -115,7 +187,8 @@ pub fn render(template: &str, params: &Waypoint<'_>) -> Result<String, WaypointE
             "region": me.region,
             "zone": me.zone,
         },
-    });
+    })
+    .to_string();
     let mut replacements = vec![
         ("@STATS_TAGS@", stats_tags()),
         ("@DOWNSTREAM_FILTER_STATE@", downstream_filter_state()),
@@ -129,8 +202,9 @@ pub fn render(template: &str, params: &Waypoint<'_>) -> Result<String, WaypointE
         ("@PRIVATE_KEY@", path(&params.certs.key(&identity)?)),
         ("@ROOT_CERT@", path(&params.certs.root())),
         ("@SAN_PREFIX@", quoted(&format!("spiffe://{}/", mesh.trust_domain))),
-        ("@WASM@", path(params.wasm)),
-        ("@PLUGIN_CONFIG@", quoted(&plugin_config.to_string())),
+        ("@DOWNSTREAM_FILTER@", params.engine.filter(ROLE_DOWNSTREAM, params.wasm, &plugin_config).to_string()),
+        ("@STATS_FILTER@", params.engine.filter(ROLE_STATS, params.wasm, &plugin_config).to_string()),
+        ("@UPSTREAM_FILTER@", params.engine.filter(ROLE_UPSTREAM, params.wasm, &plugin_config).to_string()),
         ("@NETWORK@", quoted(&me.network)),
         ("@ACCESS_LOG@", path(params.access_log)),
         ("@CONNECT_ROUTES@", Value::from(served.iter().map(|s| connect_route(s)).collect::<Vec<_>>()).to_string()),
@@ -361,83 +435,9 @@ fn yaml_list_items(items: &[Value]) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::eastwest::{self, EastWest};
-
-    /// The Envoy the project runs (`make build` installs it); a missing one fails the test.
-    fn envoy() -> std::path::PathBuf {
-        let default =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib/python3.11/site-packages/envoy/_bin/envoy");
-        let path = std::env::var_os("ENVOY_BIN").map(std::path::PathBuf::from).unwrap_or(default);
-        assert!(path.is_file(), "no Envoy at {} (run `make build`, or set ENVOY_BIN)", path.display());
-        path
-    }
-
-    /// Envoy itself checks the config: `--mode validate` loads every listener, cluster,
-    /// filter and certificate without serving.
-    fn assert_envoy_accepts(dir: &Path, name: &str, yaml: &str) {
-        let file = dir.join(name);
-        std::fs::write(&file, yaml).unwrap();
-        let out = std::process::Command::new(envoy())
-            .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "Envoy rejects {name}:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    #[test]
-    fn envoy_accepts_the_rendered_waypoint_plain_waypoint_and_gateway() {
-        let mesh = Mesh::parse(include_str!("../mesh.example.json")).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let identities = [
-            "spiffe://cluster.local/ns/bookinfo/sa/waypoint".to_owned(),
-            "spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway".to_owned(),
-        ];
-        let certs = crate::ca::generate(&dir.path().join("certs"), &identities).unwrap();
-        // Validation loads the module too: the built one (`make build`).
-        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/waypoint.wasm");
-        let wasm = std::env::var_os("WAYPOINT_WASM").map(std::path::PathBuf::from).unwrap_or(default);
-        assert!(wasm.is_file(), "no module at {} (run `make build`, or set WAYPOINT_WASM)", wasm.display());
-        let params = Waypoint {
-            mesh: &mesh,
-            workload: "waypoint",
-            certs: &certs,
-            wasm: &wasm,
-            admin: "127.0.0.1:15000".parse().unwrap(),
-            access_log: &dir.path().join("waypoint.log"),
-            baggage_discovery: true,
-            telemetry: true,
-            limits: Limits::default(),
-            edge: Edge::default(),
-        };
-        assert_envoy_accepts(dir.path(), "waypoint.yaml", &render(TEMPLATE, &params).unwrap());
-        let plain = render(TEMPLATE, &Waypoint { telemetry: false, ..params }).unwrap();
-        for gone in ["x-wp-", "envoy.filters.http.wasm", "wp.peer_", "http.header_mutation.v3", "grpc_stats.v3"] {
-            assert!(!plain.contains(gone), "{gone} is one of the project's filters");
-        }
-        assert_envoy_accepts(dir.path(), "plain.yaml", &plain);
-        let gateway = eastwest::render(
-            eastwest::TEMPLATE,
-            &EastWest {
-                mesh: &mesh,
-                network: "network-b",
-                certs: &certs,
-                admin: "127.0.0.1:15001".parse().unwrap(),
-                access_log: &dir.path().join("gateway.log"),
-            },
-        )
-        .unwrap();
-        assert_envoy_accepts(dir.path(), "gateway.yaml", &gateway);
-    }
-
     #[test]
     fn endpoints_carry_istio_endpoint_metadata() {
-        let mesh = Mesh::parse(include_str!("../mesh.example.json")).unwrap();
+        let mesh = Mesh::parse(include_str!("../../mesh/mesh.example.json")).unwrap();
         let reviews = mesh.services.iter().find(|s| s.name == "reviews").unwrap();
         let pod = mesh.workload("reviews-v1").unwrap();
         let direct = direct_endpoint(&mesh, reviews, pod);
