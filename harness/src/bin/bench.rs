@@ -29,13 +29,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use harness::callgrind::{self, Callgrind, Function, GENERATED, Profile};
 use harness::http::Connection;
-use harness::topology::{Options, Topology, workspace_root};
+use harness::topology::{Engine, Options, Topology, workspace_root};
 use harness::traffic;
 
 /// Requests counted per callgrind dump.
 const COUNTED: usize = 2_000;
 /// Requests before the counting starts: VM start, V8's tier-up, label sets, pools.
 const WARM_UP: usize = 600;
+/// Requests once the instrumentation is on, before the counting.
+const INSTRUMENTED_WARM_UP: usize = 100;
 /// Counted dumps per variant and shape: their spread is the repeatability.
 const REPEATS: usize = 3;
 /// Single requests tried before the warm-up, see [`settle`].
@@ -69,9 +71,16 @@ fn variants(noop_wasm: &Path) -> Vec<Variant> {
             options: Options { module: Some(noop_wasm.to_path_buf()), ..Options::default() },
         },
         Variant { name: "wasm", what: "our config with dist/waypoint.wasm", options: Options::default() },
-        // NATIVE: the native engine's two variants go here, one entry each, once the
-        // renderer takes `--engine native` (issue 11): "noop-native" (the do-nothing
-        // filter of the same .so) and "native" (our native module).
+        Variant {
+            name: "noop-native",
+            what: "our config, the native module's do-nothing filter in the three places",
+            options: Options { engine: Engine::NativeNoop, ..Options::default() },
+        },
+        Variant {
+            name: "native",
+            what: "our config with dist/libwaypoint_native.so (the native engine)",
+            options: Options { engine: Engine::Native, ..Options::default() },
+        },
     ]
 }
 
@@ -147,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
     if phases.contains("callgrind") {
         let counted = count_instructions(&variants, repeats).await?;
         report_instructions(&mut out, &mut results, &variants, &counted, repeats);
-        report_profile(&mut out, &counted);
+        report_profile(&mut out, &variants, &counted);
     }
     if phases.contains("wall") {
         let timed = time_requests(&variants).await?;
@@ -186,6 +195,15 @@ async fn count_instructions(variants: &[Variant], repeats: usize) -> anyhow::Res
             settle(mesh).await?;
             load(mesh, shape, WARM_UP).await?;
             cg.instrument(true)?;
+            // Valgrind translates all code again once instrumented: the first tunnels
+            // can take longer than the waypoint's 5 s connect timeout to the gateway.
+            for attempt in 1.. {
+                match load(mesh, shape, INSTRUMENTED_WARM_UP).await {
+                    Ok(_) => break,
+                    Err(e) if attempt < SETTLE_ATTEMPTS => eprintln!("  instrumented warm-up {attempt}: {e}"),
+                    Err(e) => return Err(e.context("the instrumented warm-up never succeeded")),
+                }
+            }
             let mut dumps = Vec::new();
             for _ in 0..repeats {
                 cg.zero()?;
@@ -278,10 +296,9 @@ fn report_instructions(
 
 /// Where our wasm module's instructions above the do-nothing module go, per
 /// keep-alive request, from the median dumps.
-fn report_profile(out: &mut String, counted: &BTreeMap<(usize, Shape), Counted>) {
-    let (Some(noop), Some(wasm)) = (counted.get(&(1, Shape::KeepAlive)), counted.get(&(2, Shape::KeepAlive))) else {
-        return;
-    };
+fn report_profile(out: &mut String, variants: &[Variant], counted: &BTreeMap<(usize, Shape), Counted>) {
+    let at = |name| position(variants, name).and_then(|i| counted.get(&(i, Shape::KeepAlive)));
+    let (Some(noop), Some(wasm)) = (at("noop-wasm"), at("wasm")) else { return };
     let (n, w) = (&noop.profile, &wasm.profile);
     let envoy = main_object(w);
     let _ = writeln!(
