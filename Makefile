@@ -57,9 +57,14 @@ test-wasm-engine:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  $(CARGO) test -p waypoint-core --target wasm32-unknown-unknown --test codec
 
-# The waypoint's CPU per request: plain, with a do-nothing module, with ours (side by
-# side, one run); then one HBONE tunnel's throughput vs a plain TLS stream.
+# The performance record (BENCHMARKS.md), not part of `make test`, about 16 minutes:
+# every waypoint variant side by side in one run, instructions per request under
+# valgrind's callgrind, then wall-clock CPU, requests/s and p99; then one HBONE
+# tunnel's throughput vs a plain rustls stream.
 bench: build
+	@# Debian's valgrind: callgrind counts the waypoint's instructions.
+	@command -v callgrind_control >/dev/null || { sudo=$$([[ $$(id -u) == 0 ]] || echo sudo); \
+	  $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q valgrind >/dev/null; }
 	$(CARGO) build --release -q -p noop-filter --target wasm32-wasip1
 	$(CARGO) run --release -q -p harness --bin bench
 	$(CARGO) bench -q -p host-shim --bench tunnel

@@ -3,6 +3,7 @@
 //!
 //! - [`topology`]: the address plan, the mesh file, and every process;
 //! - [`process`]: child processes that never outlive the harness;
+//! - [`callgrind`]: instruction counts of a process under valgrind (the benchmark);
 //! - [`apps`]: the echo servers behind the service (HTTP/1.1 and h2c);
 //! - [`grpc`]: a tonic server and client (the gRPC services); [`curl`]: `/usr/bin/curl` as a client app;
 //! - [`http`]: a small HTTP/1.1 client; [`prom`]: reads Prometheus text;
@@ -11,6 +12,7 @@
 //! - [`dashboards`]: runs every panel query of dashboards/*.json against a Prometheus.
 
 pub mod apps;
+pub mod callgrind;
 pub mod curl;
 pub mod dashboards;
 pub mod graph;

@@ -37,6 +37,10 @@ impl Process {
         Ok(Self { name: name.to_owned(), log, child: Some(child) })
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.child.as_ref()?.id())
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }

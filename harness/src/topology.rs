@@ -55,6 +55,8 @@ const LOCAL_OUTBOUND_PORT: u16 = 18081;
 const GRPC_OUTBOUND_PORT: u16 = 18082;
 const GRPC_LOCAL_OUTBOUND_PORT: u16 = 18083;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A waypoint under [`Options::waypoint_under`] (valgrind) starts 50-100 times slower.
+const SLOW_READY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Where the programs are: `make build` puts them in dist/, the venv holds Envoy.
 #[derive(Debug, Clone)]
@@ -189,6 +191,9 @@ pub struct Options {
     pub limits: waypoint_core::Limits,
     /// The waypoint's edge-proxy timeouts and connection limit.
     pub edge: Edge,
+    /// A program and its arguments the waypoint's Envoy runs under, its command line
+    /// appended (the benchmark's valgrind); `None`: Envoy itself.
+    pub waypoint_under: Option<Vec<String>>,
 }
 
 impl Default for Options {
@@ -203,6 +208,7 @@ impl Default for Options {
             grpc: false,
             limits: waypoint_core::Limits::default(),
             edge: Edge::default(),
+            waypoint_under: None,
         }
     }
 }
@@ -259,6 +265,7 @@ pub struct Topology {
     ztunnel_b: Option<Process>,
     gateway: Option<Process>,
     waypoint: Option<Process>,
+    waypoint_under: Option<Vec<String>>,
 }
 
 /// The identities the CA issues.
@@ -428,6 +435,7 @@ impl Topology {
             ztunnel_b: None,
             gateway: None,
             waypoint: None,
+            waypoint_under: options.waypoint_under.clone(),
         };
         topology.write_envoy_configs(&mesh, &options)?;
         if options.node_b == PodHbone::Ztunnel {
@@ -491,11 +499,20 @@ impl Topology {
         ];
         let log = self.dir.join(format!("ztunnel-{node}.log"));
         let process = Process::spawn(&format!("ztunnel {node}"), &self.binaries.host_shim, &args, log)?;
-        ready(process, admin).await
+        ready(process, admin, READY_TIMEOUT).await
     }
 
     async fn start_envoy(&self, name: &str, admin: SocketAddr) -> Result<Process, HarnessError> {
-        let args = vec![
+        self.start_envoy_under(name, admin, None).await
+    }
+
+    async fn start_envoy_under(
+        &self,
+        name: &str,
+        admin: SocketAddr,
+        under: Option<&[String]>,
+    ) -> Result<Process, HarnessError> {
+        let envoy_args = vec![
             "-c".into(),
             self.dir.join(format!("{name}.yaml")).display().to_string(),
             "--disable-hot-restart".into(),
@@ -506,8 +523,15 @@ impl Topology {
         ];
         let search_path = [("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", self.binaries.native_dir.as_path())];
         let log = self.dir.join(format!("{name}.log"));
-        let process = Process::spawn_with_env(name, &self.binaries.envoy, &args, &search_path, log)?;
-        ready(process, admin).await
+        let Some((program, wrapper_args)) = under.and_then(<[String]>::split_first) else {
+            let process = Process::spawn_with_env(name, &self.binaries.envoy, &envoy_args, &search_path, log)?;
+            return ready(process, admin, READY_TIMEOUT).await;
+        };
+        let mut args = wrapper_args.to_vec();
+        args.push(self.binaries.envoy.display().to_string());
+        args.extend(envoy_args);
+        let process = Process::spawn_with_env(name, Path::new(program), &args, &search_path, log)?;
+        ready(process, admin, SLOW_READY_TIMEOUT).await
     }
 
     pub async fn start_ztunnel_b(&mut self) -> Result<(), HarnessError> {
@@ -530,8 +554,14 @@ impl Topology {
     }
 
     pub async fn start_waypoint(&mut self) -> Result<(), HarnessError> {
-        self.waypoint = Some(self.start_envoy("waypoint", self.plan.waypoint_admin()).await?);
+        let under = self.waypoint_under.as_deref();
+        self.waypoint = Some(self.start_envoy_under("waypoint", self.plan.waypoint_admin(), under).await?);
         Ok(())
+    }
+
+    /// The waypoint's process id (valgrind's, under [`Options::waypoint_under`]).
+    pub fn waypoint_pid(&self) -> Option<u32> {
+        self.waypoint.as_ref()?.pid()
     }
 
     /// CPU time the waypoint's Envoy has used so far.
@@ -640,8 +670,8 @@ async fn independent_destination(
         .map_err(|e| HarnessError::Setup(format!("independent destination {pod}: {e}")))
 }
 
-async fn ready(mut process: Process, admin: SocketAddr) -> Result<Process, HarnessError> {
-    match http::wait_for_200(admin, "/ready", READY_TIMEOUT).await {
+async fn ready(mut process: Process, admin: SocketAddr, timeout: Duration) -> Result<Process, HarnessError> {
+    match http::wait_for_200(admin, "/ready", timeout).await {
         Ok(()) => Ok(process),
         Err(e) => {
             let running = process.is_running();

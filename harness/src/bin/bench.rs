@@ -1,31 +1,91 @@
-//! `make bench`, part 1: the waypoint's CPU per request, side by side in one
-//! run, for three waypoints on the same mesh:
+//! `make bench`, part 1: the waypoint side by side in one run, in every variant of
+//! [`variants`] on the same two-network mesh (the harness topology), only the
+//! waypoint Envoy process measured:
 //!
-//! - plain: Istio's listener topology without this project's filters;
-//! - floor: our Envoy config with a proxy-wasm module that does nothing, i.e.
-//!   what Envoy charges for a wasm filter in each of the three positions;
-//! - waypoint: our config with dist/waypoint.wasm.
+//! 1. instructions per request under valgrind's callgrind (the figure to trust on a
+//!    shared machine): a warm-up, then [`COUNTED`] requests counted with the
+//!    instrumentation on only around them, [`REPEATS`] times; the idle process's
+//!    timers (the 1 s stats flush and others, which keep firing while valgrind runs
+//!    the requests 50-100 times slower) are measured right after, in the same
+//!    process, and subtracted. Where our module's instructions above the do-nothing
+//!    module go is read from the same dumps: V8's generated code, host calls, VM
+//!    entries, Envoy's own code;
+//! 2. wall-clock CPU per request, requests/s and p99 latency of the same clients
+//!    without valgrind, medians of [`ROUNDS`] rotating rounds (noisy).
 //!
-//! The three meshes run at once; rounds rotate the order among them so every
-//! one sees the same machine, and only the waypoint process's CPU is counted.
-//! The machine is shared and noisy, so the figures are medians over rounds.
+//! Both for keep-alive clients and for a new client connection (hence a new HBONE
+//! CONNECT and new tunnels) every 10 requests. Prints markdown (BENCHMARKS.md takes
+//! it as is) and writes `bench/results.json`.
 //!
-//! Arguments, if any, are more builds of the module to compare the same way
-//! (`cargo run --release -p harness --bin bench -- /tmp/candidate.wasm`).
+//! `BENCH_PHASES=callgrind` or `=wall` runs one phase; `BENCH_REPEATS` overrides
+//! [`REPEATS`].
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use harness::topology::{Options, Topology, workspace_root};
+use harness::callgrind::{self, Callgrind, Function, GENERATED, Profile};
+use harness::http::Connection;
+use harness::topology::{Engine, Options, Topology, workspace_root};
 use harness::traffic;
 
+/// Requests counted per callgrind dump.
+const COUNTED: usize = 2_000;
+/// Requests before the counting starts: VM start, V8's tier-up, label sets, pools.
+const WARM_UP: usize = 600;
+/// Requests once the instrumentation is on, before the counting.
+const INSTRUMENTED_WARM_UP: usize = 100;
+/// Counted dumps per variant and shape: their spread is the repeatability.
+const REPEATS: usize = 3;
+/// Single requests tried before the warm-up, see [`settle`].
+const SETTLE_ATTEMPTS: usize = 10;
+/// How long the idle process is counted to measure its timers' rate.
+const IDLE: Duration = Duration::from_secs(5);
+/// Wall-clock rounds per variant and shape, the order rotating.
 const ROUNDS: usize = 9;
+/// Concurrent client connections, each making its share of a round's requests.
 const CLIENTS: usize = 4;
-const REQUESTS_PER_CLIENT: usize = 400;
+const REQUESTS_PER_ROUND: usize = 1_600;
+
+/// One waypoint to measure: a name, what it is, and the mesh options that make it.
+struct Variant {
+    name: &'static str,
+    what: &'static str,
+    options: Options,
+}
+
+/// The waypoints compared, the first one the baseline of every ratio.
+fn variants(noop_wasm: &Path) -> Vec<Variant> {
+    vec![
+        Variant {
+            name: "plain",
+            what: "Istio's listener topology without this project's filters",
+            options: Options { telemetry: false, ..Options::default() },
+        },
+        Variant {
+            name: "noop-wasm",
+            what: "our config, a do-nothing proxy-wasm module in the three places",
+            options: Options { module: Some(noop_wasm.to_path_buf()), ..Options::default() },
+        },
+        Variant { name: "wasm", what: "our config with dist/waypoint.wasm", options: Options::default() },
+        Variant {
+            name: "noop-native",
+            what: "our config, the native module's do-nothing filter in the three places",
+            options: Options { engine: Engine::NativeNoop, ..Options::default() },
+        },
+        Variant {
+            name: "native",
+            what: "our config with dist/libwaypoint_native.so (the native engine)",
+            options: Options { engine: Engine::Native, ..Options::default() },
+        },
+    ]
+}
 
 /// How clients use their connections.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Shape {
     /// Keep-alive: the per-request cost (the stats role).
     KeepAlive,
@@ -33,11 +93,19 @@ enum Shape {
     Churn,
 }
 
+const SHAPES: [Shape; 2] = [Shape::KeepAlive, Shape::Churn];
+
 impl Shape {
     fn name(self) -> &'static str {
         match self {
             Shape::KeepAlive => "keep-alive",
             Shape::Churn => "new connection every 10 requests",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Shape::KeepAlive => "keepalive",
+            Shape::Churn => "churn",
         }
     }
     fn per_connection(self) -> usize {
@@ -48,68 +116,472 @@ impl Shape {
     }
 }
 
-struct Variant {
-    name: String,
-    mesh: Topology,
-    /// CPU µs per request, one per round.
-    samples: Vec<f64>,
+/// One variant's callgrind figures for one shape.
+struct Counted {
+    /// Instructions per request of each repeat, the idle timers subtracted.
+    per_request: Vec<f64>,
+    /// The idle process's instructions per second (subtracted above).
+    idle_rate: f64,
+    /// The median repeat's profile per request, idle subtracted.
+    profile: Profile,
+}
+
+/// One variant's wall-clock figures for one shape, one entry per round.
+#[derive(Default)]
+struct Timed {
+    cpu_us: Vec<f64>,
+    rps: Vec<f64>,
+    p99_ms: Vec<f64>,
+    rss_mib: f64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let root = workspace_root();
     let noop = std::env::var_os("NOOP_WASM")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/wasm32-wasip1/release/noop_filter.wasm"));
+        .unwrap_or_else(|| root.join("target/wasm32-wasip1/release/noop_filter.wasm"));
     if !noop.is_file() {
         bail!("{} is missing: cargo build --release -p noop-filter --target wasm32-wasip1", noop.display());
     }
-    let mut variants = vec![
-        ("plain".to_owned(), Options { telemetry: false, ..Options::default() }),
-        ("floor".to_owned(), Options { module: Some(noop), ..Options::default() }),
-        ("waypoint".to_owned(), Options::default()),
-    ];
-    for candidate in std::env::args().skip(1).map(PathBuf::from) {
-        let name = candidate.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        variants.push((name, Options { module: Some(candidate), ..Options::default() }));
+    let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "callgrind,wall".to_owned());
+    let repeats = std::env::var("BENCH_REPEATS").ok().and_then(|r| r.parse().ok()).unwrap_or(REPEATS);
+    let variants = variants(&noop);
+    let mut out = String::new();
+    let mut results = serde_json::Map::new();
+    let _ = writeln!(out, "Machine: {}\n", machine());
+    for v in &variants {
+        let _ = writeln!(out, "- `{}`: {}", v.name, v.what);
     }
-    let mut meshes = Vec::new();
-    for (name, options) in variants {
-        let mesh = Topology::start(options).await.with_context(|| format!("starting the {name} mesh"))?;
-        meshes.push(Variant { name, mesh, samples: Vec::new() });
+    if phases.contains("callgrind") {
+        let counted = count_instructions(&variants, repeats).await?;
+        report_instructions(&mut out, &mut results, &variants, &counted, repeats);
+        report_profile(&mut out, &variants, &counted);
     }
-    println!("waypoint CPU per request (Envoy 1.40, --concurrency 2), medians of {ROUNDS} rotating rounds");
-    println!("of {} requests per waypoint from {CLIENTS} concurrent clients", CLIENTS * REQUESTS_PER_CLIENT);
-    for shape in [Shape::KeepAlive, Shape::Churn] {
-        for v in &meshes {
-            load(&v.mesh, shape).await?; // warm-up: VM start, first label sets, pools
-        }
-        for v in &mut meshes {
-            v.samples.clear();
-        }
-        let count = meshes.len();
-        for round in 0..ROUNDS {
-            for i in 0..count {
-                if let Some(v) = meshes.get_mut((i + round) % count) {
-                    let cpu = load(&v.mesh, shape).await?;
-                    v.samples.push(cpu.as_secs_f64() * 1e6 / (CLIENTS * REQUESTS_PER_CLIENT) as f64);
-                }
-            }
-        }
-        let plain = meshes.first().map(|v| median(&v.samples)).unwrap_or(1.0);
-        println!("  {}:", shape.name());
-        for v in &meshes {
-            println!(
-                "    {:<12} {:>6.1} µs/request (rounds {:>6.1}-{:>6.1})   x{:.2} of plain",
-                v.name,
-                median(&v.samples),
-                v.samples.iter().copied().fold(f64::INFINITY, f64::min),
-                v.samples.iter().copied().fold(0.0, f64::max),
-                median(&v.samples) / plain
-            );
-        }
+    if phases.contains("wall") {
+        let timed = time_requests(&variants).await?;
+        report_wall(&mut out, &mut results, &variants, &timed);
     }
+    println!("{out}");
+    let file = root.join("bench/results.json");
+    std::fs::create_dir_all(root.join("bench"))?;
+    std::fs::write(&file, serde_json::to_string_pretty(&results)? + "\n")?;
+    println!("(also in {})", file.display());
     Ok(())
 }
+
+// ------------------------------------------------------------------ instructions
+
+async fn count_instructions(variants: &[Variant], repeats: usize) -> anyhow::Result<BTreeMap<(usize, Shape), Counted>> {
+    let dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("starting {} waypoints under callgrind (slow)", variants.len());
+    let mut starting = Vec::new();
+    for v in variants {
+        let prefix = dir.join(format!("callgrind.{}", v.name));
+        let options = Options { waypoint_under: Some(callgrind::command(&prefix)), ..v.options.clone() };
+        starting.push((prefix, tokio::spawn(Topology::start(options))));
+    }
+    let mut meshes = Vec::new();
+    for ((prefix, start), v) in starting.into_iter().zip(variants) {
+        let mesh = start.await?.with_context(|| format!("starting the {} mesh under callgrind", v.name))?;
+        let pid = mesh.waypoint_pid().context("the waypoint has no process")?;
+        meshes.push((mesh, Callgrind::new(pid, &prefix)));
+    }
+    let mut counted = BTreeMap::new();
+    for shape in SHAPES {
+        for (i, ((mesh, cg), v)) in meshes.iter_mut().zip(variants).enumerate() {
+            eprintln!("callgrind: {} {}", v.name, shape.name());
+            settle(mesh).await?;
+            load(mesh, shape, WARM_UP).await?;
+            cg.instrument(true)?;
+            // Valgrind translates all code again once instrumented: the first tunnels
+            // can take longer than the waypoint's 5 s connect timeout to the gateway.
+            for attempt in 1.. {
+                match load(mesh, shape, INSTRUMENTED_WARM_UP).await {
+                    Ok(_) => break,
+                    Err(e) if attempt < SETTLE_ATTEMPTS => eprintln!("  instrumented warm-up {attempt}: {e}"),
+                    Err(e) => return Err(e.context("the instrumented warm-up never succeeded")),
+                }
+            }
+            let mut dumps = Vec::new();
+            for _ in 0..repeats {
+                cg.zero()?;
+                let started = Instant::now();
+                load(mesh, shape, COUNTED).await?;
+                let wall = started.elapsed();
+                dumps.push((cg.dump()?, wall));
+            }
+            cg.zero()?;
+            let started = Instant::now();
+            tokio::time::sleep(IDLE).await;
+            let idle_wall = started.elapsed().as_secs_f64();
+            let idle = cg.dump()?;
+            cg.instrument(false)?;
+            let mut corrected: Vec<Profile> =
+                dumps.iter().map(|(p, wall)| p.minus(&idle, wall.as_secs_f64() / idle_wall)).collect();
+            let per_request: Vec<f64> = corrected.iter().map(|p| p.total / COUNTED as f64).collect();
+            corrected.sort_by(|a, b| a.total.total_cmp(&b.total));
+            let median = corrected.swap_remove(corrected.len() / 2);
+            let profile = median.scaled(1.0 / COUNTED as f64);
+            counted.insert((i, shape), Counted { per_request, idle_rate: idle.total / idle_wall, profile });
+        }
+    }
+    Ok(counted)
+}
+
+fn report_instructions(
+    out: &mut String,
+    results: &mut serde_json::Map<String, serde_json::Value>,
+    variants: &[Variant],
+    counted: &BTreeMap<(usize, Shape), Counted>,
+    repeats: usize,
+) {
+    let _ = writeln!(
+        out,
+        "\n### Instructions per request (callgrind, the waypoint Envoy alone; {repeats} dumps of {COUNTED} requests \
+         after {WARM_UP} of warm-up; idle timers subtracted)\n"
+    );
+    let _ = writeln!(out, "| variant | {} |", SHAPES.map(|s| format!("{} (min-max) | × plain", s.name())).join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|---:|".repeat(SHAPES.len()));
+    for (i, v) in variants.iter().enumerate() {
+        let mut row = format!("| {} |", v.name);
+        for shape in SHAPES {
+            let (Some(c), Some(plain)) = (counted.get(&(i, shape)), counted.get(&(0, shape))) else { continue };
+            let ratio = median(&c.per_request) / median(&plain.per_request);
+            let _ = write!(
+                row,
+                " {:.1} k ({:.1}-{:.1}, spread {:.2} %) | {ratio:.3} |",
+                median(&c.per_request) / 1e3,
+                min(&c.per_request) / 1e3,
+                max(&c.per_request) / 1e3,
+                spread(&c.per_request) * 100.0
+            );
+            results
+                .insert(format!("{}_instructions_per_request_{}", v.name, shape.key()), median(&c.per_request).into());
+            if i > 0 {
+                results.insert(format!("{}_instructions_ratio_{}", v.name, shape.key()), ratio.into());
+            }
+        }
+        let _ = writeln!(out, "{row}");
+    }
+    for shape in SHAPES {
+        let rates: Vec<String> = variants
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| Some(format!("{} {:.2} M/s", v.name, counted.get(&(i, shape))?.idle_rate / 1e6)))
+            .collect();
+        let _ = writeln!(out, "\nIdle timers subtracted ({}): {}", shape.name(), rates.join(", "));
+    }
+    for (ours, floor) in [("wasm", "noop-wasm"), ("native", "noop-native")] {
+        let (Some(o), Some(f)) = (position(variants, ours), position(variants, floor)) else { continue };
+        for shape in SHAPES {
+            let (Some(a), Some(b)) = (counted.get(&(o, shape)), counted.get(&(f, shape))) else { continue };
+            let ratio = median(&a.per_request) / median(&b.per_request);
+            let _ = writeln!(out, "\n{ours} / {floor}, {}: **{ratio:.3}×** (goal ≤ 1.10×)", shape.name());
+            results.insert(format!("{ours}_over_floor_instructions_ratio_{}", shape.key()), ratio.into());
+        }
+    }
+    // The names issue 11 asks for.
+    let alias = |results: &mut serde_json::Map<String, serde_json::Value>, to: &str, from: &str| {
+        if let Some(v) = results.get(from).cloned() {
+            results.insert(to.to_owned(), v);
+        }
+    };
+    alias(results, "waypoint_instructions_ratio", "wasm_instructions_ratio_keepalive");
+    alias(results, "floor_instructions_ratio", "noop-wasm_instructions_ratio_keepalive");
+    alias(results, "native_instructions_ratio", "native_instructions_ratio_keepalive");
+    alias(results, "native_floor_instructions_ratio", "noop-native_instructions_ratio_keepalive");
+}
+
+/// Where our wasm module's instructions above the do-nothing module go, per
+/// keep-alive request, from the median dumps.
+fn report_profile(out: &mut String, variants: &[Variant], counted: &BTreeMap<(usize, Shape), Counted>) {
+    let at = |name| position(variants, name).and_then(|i| counted.get(&(i, Shape::KeepAlive)));
+    let (Some(noop), Some(wasm)) = (at("noop-wasm"), at("wasm")) else { return };
+    let (n, w) = (&noop.profile, &wasm.profile);
+    let envoy = main_object(w);
+    let _ = writeln!(
+        out,
+        "\n### Where wasm's instructions above noop-wasm go (keep-alive, per request)\n\n\
+         `{GENERATED}` is code with no file behind it: V8's generated code (the module compiled, its \
+         wrappers). `{envoy}` is stripped, so its functions are addresses.\n"
+    );
+    let _ = writeln!(out, "| part | noop-wasm | wasm | wasm − noop-wasm |\n|---|---:|---:|---:|");
+    let row = |out: &mut String, part: &str, a: f64, b: f64| {
+        let _ = writeln!(out, "| {part} | {:.1} k | {:.1} k | {:+.1} k |", a / 1e3, b / 1e3, (b - a) / 1e3);
+    };
+    row(out, "all instructions", n.total, w.total);
+    for object in objects(n, w) {
+        let self_cost = |p: &Profile| p.by_object.get(&object).copied().unwrap_or(0.0);
+        row(out, &format!("self cost in `{object}`"), self_cost(n), self_cost(w));
+    }
+    let (hn, hw) = (n.across(GENERATED, None), w.across(GENERATED, None));
+    let (vn, vw) = (n.across(&envoy, Some(GENERATED)), w.across(&envoy, Some(GENERATED)));
+    let _ = writeln!(
+        out,
+        "| host calls (`{GENERATED}` → other code), inclusive | {:.1} k | {:.1} k | {:+.1} k |",
+        hn.inclusive / 1e3,
+        hw.inclusive / 1e3,
+        (hw.inclusive - hn.inclusive) / 1e3
+    );
+    let _ = writeln!(
+        out,
+        "| VM entries (`{envoy}` → `{GENERATED}`), inclusive, nested entries counted again | {:.1} k | {:.1} k | {:+.1} k |",
+        vn.inclusive / 1e3,
+        vw.inclusive / 1e3,
+        (vw.inclusive - vn.inclusive) / 1e3
+    );
+    let _ = writeln!(
+        out,
+        "\nCalls per request: host calls {:.1} → {:.1}, VM entries {:.1} → {:.1}.",
+        hn.count, hw.count, vn.count, vw.count
+    );
+
+    let _ = writeln!(
+        out,
+        "\nWhat the generated code calls in other objects (wasm, per request: calls, instructions inclusive), \
+         three levels down:\n"
+    );
+    let mut entries: Vec<(Function, callgrind::Calls)> = w.entered_from(GENERATED).into_iter().collect();
+    entries.sort_by(|a, b| b.1.inclusive.total_cmp(&a.1.inclusive));
+    for (function, calls) in entries.iter().take(6) {
+        call_tree(out, w, function, calls, 0);
+    }
+
+    let _ = writeln!(out, "\nThe functions whose own cost grew most (wasm − noop-wasm, per request):\n");
+    let _ = writeln!(out, "| object | function | noop-wasm | wasm | Δ |\n|---|---|---:|---:|---:|");
+    let mut grown: Vec<(&Function, f64, f64)> = w
+        .by_function
+        .iter()
+        .map(|(f, b)| (f, n.by_function.get(f).copied().unwrap_or(0.0), *b))
+        .filter(|(f, _, _)| f.0 != GENERATED)
+        .collect();
+    grown.sort_by(|a, b| (b.2 - b.1).total_cmp(&(a.2 - a.1)));
+    for (f, a, b) in grown.iter().take(12) {
+        let _ = writeln!(
+            out,
+            "| `{}` | `{}` | {:.1} k | {:.1} k | {:+.1} k |",
+            f.0,
+            short(&f.1),
+            a / 1e3,
+            b / 1e3,
+            (b - a) / 1e3
+        );
+    }
+    let generated = |p: &Profile| p.by_function.iter().filter(|(f, _)| f.0 == GENERATED).count();
+    let _ = writeln!(
+        out,
+        "\nV8's generated code: {} functions with a cost in noop-wasm, {} in wasm.",
+        generated(n),
+        generated(w)
+    );
+}
+
+/// One function and, indented, its costliest callees, down to the third level.
+fn call_tree(out: &mut String, p: &Profile, function: &Function, calls: &callgrind::Calls, depth: usize) {
+    let _ = writeln!(
+        out,
+        "{}- `{}` `{}`: {:.2}×, {:.1} k",
+        "  ".repeat(depth),
+        function.0,
+        short(&function.1),
+        calls.count,
+        calls.inclusive / 1e3
+    );
+    if depth >= 2 {
+        return;
+    }
+    let mut callees = p.callees(function);
+    callees.sort_by(|a, b| b.1.inclusive.total_cmp(&a.1.inclusive));
+    for (callee, c) in callees.iter().filter(|(_, c)| c.inclusive > 100.0).take(if depth == 0 { 8 } else { 3 }) {
+        call_tree(out, p, callee, c, depth + 1);
+    }
+}
+
+/// The object with the most self cost: Envoy's binary.
+fn main_object(p: &Profile) -> String {
+    p.by_object.iter().max_by(|a, b| a.1.total_cmp(b.1)).map(|(o, _)| o.clone()).unwrap_or_default()
+}
+
+/// Objects with more than 0.5 k instructions per request in either profile, costliest first.
+fn objects(a: &Profile, b: &Profile) -> Vec<String> {
+    let mut list: Vec<(String, f64)> = b
+        .by_object
+        .iter()
+        .map(|(o, v)| (o.clone(), v.max(a.by_object.get(o).copied().unwrap_or(0.0))))
+        .filter(|(_, v)| *v > 500.0)
+        .collect();
+    list.sort_by(|x, y| y.1.total_cmp(&x.1));
+    list.into_iter().map(|(o, _)| o).collect()
+}
+
+/// A function name as the tables show it: addresses without their leading zeros.
+fn short(name: &str) -> String {
+    match name.strip_prefix("0x") {
+        Some(hex) => format!("0x{}", hex.trim_start_matches('0')),
+        None => name.chars().take(60).collect(),
+    }
+}
+
+// ------------------------------------------------------------------ wall clock
+
+async fn time_requests(variants: &[Variant]) -> anyhow::Result<BTreeMap<(usize, Shape), Timed>> {
+    let mut meshes = Vec::new();
+    for v in variants {
+        meshes.push(Topology::start(v.options.clone()).await.with_context(|| format!("starting the {} mesh", v.name))?);
+    }
+    let mut timed: BTreeMap<(usize, Shape), Timed> = BTreeMap::new();
+    for shape in SHAPES {
+        eprintln!("wall clock: {}", shape.name());
+        for mesh in &meshes {
+            load(mesh, shape, REQUESTS_PER_ROUND).await?;
+        }
+        for round in 0..ROUNDS {
+            for k in 0..meshes.len() {
+                let i = (k + round) % meshes.len();
+                let Some(mesh) = meshes.get(i) else { continue };
+                let before = mesh.waypoint_cpu_time().context("reading the waypoint's CPU time")?;
+                let started = Instant::now();
+                let mut latencies = load(mesh, shape, REQUESTS_PER_ROUND).await?;
+                let wall = started.elapsed().as_secs_f64();
+                let cpu = mesh.waypoint_cpu_time().context("reading the waypoint's CPU time")?.saturating_sub(before);
+                latencies.sort();
+                let t = timed.entry((i, shape)).or_default();
+                t.cpu_us.push(cpu.as_secs_f64() * 1e6 / REQUESTS_PER_ROUND as f64);
+                t.rps.push(REQUESTS_PER_ROUND as f64 / wall);
+                let p99 = latencies.get(latencies.len() * 99 / 100).copied().unwrap_or_default();
+                t.p99_ms.push(p99.as_secs_f64() * 1e3);
+            }
+        }
+        for (i, mesh) in meshes.iter().enumerate() {
+            let rss = mesh.memory().into_iter().find(|(name, _)| name == "waypoint").map(|(_, b)| b).unwrap_or(0);
+            timed.entry((i, shape)).or_default().rss_mib = rss as f64 / (1024.0 * 1024.0);
+        }
+    }
+    Ok(timed)
+}
+
+fn report_wall(
+    out: &mut String,
+    results: &mut serde_json::Map<String, serde_json::Value>,
+    variants: &[Variant],
+    timed: &BTreeMap<(usize, Shape), Timed>,
+) {
+    let _ = writeln!(
+        out,
+        "\n### Wall clock (noisy: medians of {ROUNDS} rotating rounds of {REQUESTS_PER_ROUND} requests from \
+         {CLIENTS} concurrent clients; min-max in brackets)\n"
+    );
+    for shape in SHAPES {
+        let Some(plain) = timed.get(&(0, shape)) else { continue };
+        let _ = writeln!(out, "{}:\n", shape.name());
+        let _ = writeln!(
+            out,
+            "| variant | CPU µs/request | × plain | requests/s | × plain | p99 ms | × plain | RSS MiB |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for (i, v) in variants.iter().enumerate() {
+            let Some(t) = timed.get(&(i, shape)) else { continue };
+            let cell = |x: &[f64], base: &[f64]| {
+                format!("{:.1} ({:.1}-{:.1}) | {:.2}", median(x), min(x), max(x), median(x) / median(base))
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {:.0} |",
+                v.name,
+                cell(&t.cpu_us, &plain.cpu_us),
+                cell(&t.rps, &plain.rps),
+                cell(&t.p99_ms, &plain.p99_ms),
+                t.rss_mib
+            );
+            if i > 0 {
+                let key = |what: &str| format!("{}_{what}_ratio_{}", v.name, shape.key());
+                results.insert(key("cpu"), (median(&t.cpu_us) / median(&plain.cpu_us)).into());
+                results.insert(key("rps"), (median(&t.rps) / median(&plain.rps)).into());
+                results.insert(key("p99"), (median(&t.p99_ms) / median(&plain.p99_ms)).into());
+            }
+        }
+        let _ = writeln!(out);
+    }
+    for (to, from) in [
+        ("waypoint_cpu_ratio", "wasm_cpu_ratio_keepalive"),
+        ("waypoint_rps_ratio_c4", "wasm_rps_ratio_keepalive"),
+        ("waypoint_p99_ratio", "wasm_p99_ratio_keepalive"),
+        ("native_cpu_ratio", "native_cpu_ratio_keepalive"),
+        ("native_rps_ratio_c4", "native_rps_ratio_keepalive"),
+        ("native_p99_ratio", "native_p99_ratio_keepalive"),
+    ] {
+        if let Some(v) = results.get(from).cloned() {
+            results.insert(to.to_owned(), v);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ load
+
+/// `requests` requests through the mesh from [`CLIENTS`] concurrent clients in
+/// `shape`; every one must succeed. Returns each request's latency.
+async fn load(topology: &Topology, shape: Shape, requests: usize) -> anyhow::Result<Vec<Duration>> {
+    let entry = topology.plan.outbound(topology.plan.curl());
+    let mut clients = Vec::new();
+    for n in 0..CLIENTS {
+        let share = requests / CLIENTS + usize::from(n < requests % CLIENTS);
+        clients.push(tokio::spawn(timed_client(entry, share, shape.per_connection(), traffic::app_baggage(n))));
+    }
+    let mut latencies = Vec::with_capacity(requests);
+    for client in clients {
+        latencies.extend(client.await??);
+    }
+    Ok(latencies)
+}
+
+/// Single requests until one succeeds: under valgrind the first requests through a
+/// fresh waypoint (V8 compiling the module's functions on their first call) can take
+/// longer than the east-west gateway waits for a tunnel's TLS handshake.
+async fn settle(topology: &Topology) -> anyhow::Result<()> {
+    let entry = topology.plan.outbound(topology.plan.curl());
+    let mut last = None;
+    for _ in 0..SETTLE_ATTEMPTS {
+        match timed_client(entry, 1, 1, traffic::app_baggage(0)).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")).context("the waypoint never answered 200"))
+}
+
+/// One client: `requests` requests to the echo service, a new connection every
+/// `per_connection` requests.
+async fn timed_client(
+    entry: SocketAddr,
+    requests: usize,
+    per_connection: usize,
+    baggage: String,
+) -> anyhow::Result<Vec<Duration>> {
+    let host = traffic::service_host();
+    let headers = [("baggage", baggage.as_str())];
+    let mut latencies = Vec::with_capacity(requests);
+    let mut connection: Option<Connection> = None;
+    for n in 0..requests {
+        if n % per_connection == 0 {
+            connection = None;
+        }
+        let started = Instant::now();
+        let open = match connection.as_mut() {
+            Some(open) => open,
+            None => connection.insert(Connection::open(entry).await?),
+        };
+        let reply = open.get(&host, &format!("/request/{n}"), &headers).await?;
+        if !reply.status.is_success() {
+            bail!("request {n} answered {}", reply.status);
+        }
+        latencies.push(started.elapsed());
+    }
+    Ok(latencies)
+}
+
+// ------------------------------------------------------------------ figures
 
 fn median(samples: &[f64]) -> f64 {
     let mut sorted = samples.to_vec();
@@ -117,28 +589,34 @@ fn median(samples: &[f64]) -> f64 {
     sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
 
-/// One round against one mesh; every request must succeed.
-async fn load(topology: &Topology, shape: Shape) -> anyhow::Result<Duration> {
-    let entry = topology.plan.outbound(topology.plan.curl());
-    let before = topology.waypoint_cpu_time().context("reading the waypoint's CPU time")?;
-    let mut clients = Vec::new();
-    for n in 0..CLIENTS {
-        let headers = vec![("baggage".to_owned(), traffic::app_baggage(n))];
-        clients.push(tokio::spawn(traffic::counting_client(
-            entry,
-            REQUESTS_PER_CLIENT,
-            shape.per_connection(),
-            headers,
-        )));
-    }
-    let mut tally = traffic::Tally::default();
-    for client in clients {
-        tally = tally + client.await?;
-    }
-    let after = topology.waypoint_cpu_time().context("reading the waypoint's CPU time")?;
-    let outcome = tally.outcome();
-    if outcome.failed > 0 {
-        bail!("{} of {} requests failed", outcome.failed, tally.requests());
-    }
-    Ok(after.saturating_sub(before))
+fn min(samples: &[f64]) -> f64 {
+    samples.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(samples: &[f64]) -> f64 {
+    samples.iter().copied().fold(0.0, f64::max)
+}
+
+/// (max − min) / median.
+fn spread(samples: &[f64]) -> f64 {
+    (max(samples) - min(samples)) / median(samples)
+}
+
+fn position(variants: &[Variant], name: &str) -> Option<usize> {
+    variants.iter().position(|v| v.name == name)
+}
+
+/// CPU model, cores, kernel and date, for the record.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model =
+        cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']));
+    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{} × {cores}, Linux {}, {date}", model.unwrap_or("unknown CPU"), kernel.trim())
 }
