@@ -9,15 +9,17 @@
 //! Memory per tunnel is bounded: the h2 side holds at most one stream window of
 //! received data, released to the sender only as those bytes are written out
 //! (the reader is an `AsyncBufRead` whose `consume` releases capacity); the TCP
-//! side reads into one fixed buffer per direction.
+//! side reads into one buffer per direction whose filled part goes to h2 as is,
+//! without a copy, and h2 holds at most one write's worth of it at a time.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 
 use crate::metrics::ConnectionRecord;
 
@@ -116,6 +118,41 @@ impl H2Writer {
             Err(e) => StreamError::from_h2(e),
         })
     }
+
+    /// Waits for window to send up to `len` (> 0) bytes; how many it may send now.
+    fn poll_send_capacity(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        let wanted = len.min(self.max_write);
+        self.send.reserve_capacity(wanted);
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                // Capacity went up and back down before we looked: wait for more.
+                Some(Ok(0)) => continue,
+                Some(Ok(granted)) => return Poll::Ready(Ok(granted.min(wanted))),
+                Some(Err(_)) | None => break,
+            }
+        }
+        self.reset_error(cx).map(|e| Err(e.into_io()))
+    }
+
+    /// Hands `data` to h2 (the stream's window has room for it).
+    fn poll_send(&mut self, cx: &mut Context<'_>, data: Bytes) -> Poll<io::Result<()>> {
+        if self.send.send_data(data, false).is_ok() {
+            return Poll::Ready(Ok(()));
+        }
+        self.reset_error(cx).map(|e| Err(e.into_io()))
+    }
+
+    /// Sends all of `chunk` without copying it, in pieces as the window allows,
+    /// counting each piece once h2 has it.
+    async fn send_all(&mut self, mut chunk: Bytes, count: &impl Fn(u64)) -> io::Result<()> {
+        while !chunk.is_empty() {
+            let n = std::future::poll_fn(|cx| self.poll_send_capacity(cx, chunk.len())).await?;
+            let piece = chunk.split_to(n);
+            std::future::poll_fn(|cx| self.poll_send(cx, piece.clone())).await?;
+            count(n as u64);
+        }
+        Ok(())
+    }
 }
 
 impl AsyncWrite for H2Writer {
@@ -123,24 +160,10 @@ impl AsyncWrite for H2Writer {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let wanted = buf.len().min(self.max_write);
-        self.send.reserve_capacity(wanted);
-        loop {
-            match ready!(self.send.poll_capacity(cx)) {
-                // Capacity went up and back down before we looked: wait for more.
-                Some(Ok(0)) => continue,
-                Some(Ok(granted)) => {
-                    let n = granted.min(wanted);
-                    let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
-                    if self.send.send_data(data, false).is_ok() {
-                        return Poll::Ready(Ok(n));
-                    }
-                    break;
-                }
-                Some(Err(_)) | None => break,
-            }
-        }
-        self.reset_error(cx).map(|e| Err(e.into_io()))
+        let n = ready!(self.poll_send_capacity(cx, buf.len()))?;
+        // A borrowed slice must be copied for h2; the splice hands over owned chunks instead.
+        let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+        self.poll_send(cx, data).map_ok(|()| n)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -212,38 +235,69 @@ pub async fn splice<DR, DW, UR, UW>(
     record: &ConnectionRecord,
 ) -> io::Result<()>
 where
-    DR: AsyncBufRead + Unpin,
-    DW: AsyncWrite + Unpin,
-    UR: AsyncBufRead + Unpin,
-    UW: AsyncWrite + Unpin,
+    (DR, UW): Carry,
+    (UR, DW): Carry,
 {
     let (down_read, down_write) = downstream;
     let (up_read, up_write) = upstream;
     tokio::try_join!(
-        pump(down_read, up_write, |n| record.client_to_server(n)),
-        pump(up_read, down_write, |n| record.server_to_client(n))
+        (down_read, up_write).carry(|n| record.client_to_server(n)),
+        (up_read, down_write).carry(|n| record.server_to_client(n))
     )?;
     Ok(())
 }
 
-async fn pump<R, W>(mut from: R, mut to: W, count: impl Fn(u64)) -> io::Result<()>
-where
-    R: AsyncBufRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        let chunk = from.fill_buf().await?;
-        if chunk.is_empty() {
-            break;
+/// One direction of a splice, a (from, to) pair: copies until `from` ends, then
+/// ends `to`'s writes, calling `count` with each run of bytes written.
+pub trait Carry {
+    fn carry(self, count: impl Fn(u64) + Send + Sync) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// HBONE stream → app: h2's received chunks are written out as they are.
+impl<W: AsyncWrite + Unpin + Send> Carry for (H2Reader, W) {
+    async fn carry(self, count: impl Fn(u64) + Send + Sync) -> io::Result<()> {
+        let (mut from, mut to) = self;
+        loop {
+            let chunk = from.fill_buf().await?;
+            if chunk.is_empty() {
+                break;
+            }
+            let n = to.write(chunk).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            from.consume(n);
+            count(n as u64);
         }
-        let n = to.write(chunk).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        from.consume(n);
-        count(n as u64);
+        to.shutdown().await
     }
-    to.shutdown().await
+}
+
+/// App → HBONE stream: reads into a buffer of the largest h2 write and hands
+/// each filled part to h2 without a copy, then reads on into what is left of it.
+impl<R: AsyncRead + Unpin + Send> Carry for (BufReader<R>, H2Writer) {
+    async fn carry(self, count: impl Fn(u64) + Send + Sync) -> io::Result<()> {
+        let (from, mut to) = self;
+        let capacity = to.max_write;
+        let mut buf = BytesMut::with_capacity(capacity);
+        buf.extend_from_slice(from.buffer());
+        let mut from = from.into_inner();
+        loop {
+            if buf.is_empty() {
+                // A fresh buffer only once this one is nearly used up: each one that
+                // chunks still in h2 keep alive is mostly theirs, so memory stays
+                // about the window h2 may hold, not a buffer per tiny read.
+                if buf.capacity() < capacity / 8 {
+                    buf.reserve(capacity);
+                }
+                if from.read_buf(&mut buf).await? == 0 {
+                    break;
+                }
+            }
+            to.send_all(buf.split().freeze(), &count).await?;
+        }
+        to.shutdown().await
+    }
 }
 
 #[cfg(test)]
