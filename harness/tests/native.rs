@@ -199,9 +199,9 @@ async fn a_bad_plugin_configuration_is_refused_without_a_crash() {
     let t: Topology = start(with_engine(Engine::Native, Options::default())).await;
     let good = std::fs::read_to_string(t.dir.join("waypoint.yaml")).unwrap();
     // Every role's filter_config holds the plugin JSON as a string; drop one of its colons.
-    let key = "\\\"baggage_discovery\\\":";
+    let key = "\\\"propagate_baggage\\\":";
     assert!(good.matches(key).count() >= 3, "the three roles' configurations");
-    let bad = good.replace(key, "\\\"baggage_discovery\\\"");
+    let bad = good.replace(key, "\\\"propagate_baggage\\\"");
     let file = t.dir.join("bad-plugin-config.yaml");
     std::fs::write(&file, bad).unwrap();
     let out = std::process::Command::new(&t.binaries.envoy)

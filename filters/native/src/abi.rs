@@ -25,6 +25,9 @@ use std::ptr::{NonNull, null, null_mut};
 
 use crate::module::{self, Config, Filter};
 
+/// The most label values one metric call passes (Istio's metrics have 25).
+const MAX_LABELS: usize = 32;
+
 /// The ABI version this module was written for, returned from program init.
 pub const ABI_VERSION: &CStr = c"v0.2.0";
 
@@ -475,8 +478,23 @@ impl Stream<'_> {
 
     /// Adds to, sets or records into one series of a metric this stream's filter
     /// configuration defined (`id`), picked by its label values.
-    pub fn metric(&self, kind: MetricKind, id: usize, values: &[&str], value: u64) -> Result<(), MetricsError> {
-        let values: Vec<ModuleBuffer> = values.iter().map(|v| ModuleBuffer::of(v.as_bytes())).collect();
+    /// The label values go to Envoy from the stack: this runs for every metric of every request.
+    pub fn metric<V: AsRef<str>>(
+        &self,
+        kind: MetricKind,
+        id: usize,
+        values: &[V],
+        value: u64,
+    ) -> Result<(), MetricsError> {
+        let mut buffers = [ModuleBuffer::NULL; MAX_LABELS];
+        let Some(used) = buffers.get_mut(..values.len()) else {
+            // More label values than any metric of ours has: Envoy's "invalid labels".
+            return Err(MetricsError(2));
+        };
+        for (buffer, value) in used.iter_mut().zip(values) {
+            *buffer = ModuleBuffer::of(value.as_ref().as_bytes());
+        }
+        let values = used;
         let call = match kind {
             MetricKind::Counter => envoy_dynamic_module_callback_http_filter_increment_counter,
             MetricKind::Gauge => envoy_dynamic_module_callback_http_filter_set_gauge,

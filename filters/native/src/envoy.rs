@@ -142,18 +142,17 @@ impl<'hook> Envoy<'hook> {
                 Ok(())
             });
         }
-        let (metric, values) = SERIES
-            .with(|table| {
-                let table = table.try_borrow().ok()?;
-                usize::try_from(id).ok().and_then(|id| table.series.get(id)).cloned()
+        // The label values are passed from the table itself: no copy per metric call.
+        SERIES.with(|table| {
+            let table = table.try_borrow().map_err(|_| failed(HostStatus::Internal))?;
+            let (metric, values) =
+                usize::try_from(id).ok().and_then(|id| table.series.get(id)).ok_or(failed(HostStatus::NotFound))?;
+            let (_, kind, _) = METRICS.get(*metric).ok_or(failed(HostStatus::NotFound))?;
+            let envoy_id = *self.metrics.ids.get(*metric).ok_or(failed(HostStatus::NotFound))?;
+            self.stream.metric(abi_kind(*kind), envoy_id, values, value).map_err(|error| {
+                // InvalidLabels (2): Envoy refused the values; anything else is Envoy's.
+                failed(if error.0 == 2 { HostStatus::BadArgument } else { HostStatus::Internal })
             })
-            .ok_or(failed(HostStatus::NotFound))?;
-        let (_, kind, _) = METRICS.get(metric).ok_or(failed(HostStatus::NotFound))?;
-        let envoy_id = *self.metrics.ids.get(metric).ok_or(failed(HostStatus::NotFound))?;
-        let values: Vec<&str> = values.iter().map(String::as_str).collect();
-        self.stream.metric(abi_kind(*kind), envoy_id, &values, value).map_err(|error| {
-            // InvalidLabels (2): Envoy refused the values; anything else is Envoy's.
-            failed(if error.0 == 2 { HostStatus::BadArgument } else { HostStatus::Internal })
         })
     }
 }

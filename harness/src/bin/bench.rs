@@ -17,6 +17,7 @@
 //! CONNECT and new tunnels) every 10 requests. Prints markdown (BENCHMARKS.md takes
 //! it as is) and writes `bench/results.json`.
 //!
+//! `BENCH_VARIANTS=plain,native` measures only those variants.
 //! `BENCH_PHASES=callgrind` or `=wall` runs one phase; `BENCH_REPEATS` overrides
 //! [`REPEATS`].
 
@@ -146,7 +147,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "callgrind,wall".to_owned());
     let repeats = std::env::var("BENCH_REPEATS").ok().and_then(|r| r.parse().ok()).unwrap_or(REPEATS);
-    let variants = variants(&noop);
+    // `BENCH_VARIANTS=plain,native` measures only those (ratios need `plain`).
+    let selected = std::env::var("BENCH_VARIANTS").ok();
+    let variants: Vec<Variant> = variants(&noop)
+        .into_iter()
+        .filter(|v| selected.as_deref().is_none_or(|names| names.split(',').any(|name| name == v.name)))
+        .collect();
     let mut out = String::new();
     let mut results = serde_json::Map::new();
     let _ = writeln!(out, "Machine: {}\n", machine());
