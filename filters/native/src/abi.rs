@@ -167,6 +167,8 @@ impl LogLevel {
 // -------------------------------------------------------------- callbacks
 
 // Resolved by the dynamic linker against the Envoy binary that loads this module.
+// SAFETY: each declaration below mirrors one ABI callback (its own note says which);
+// `missing_callbacks` refuses to start unless the loading Envoy exports every one.
 unsafe extern "C" {
     // SAFETY: mirrors `void envoy_dynamic_module_callback_log(log_level level,
     // module_buffer message)`: an enum (int) and a two-word struct by value.

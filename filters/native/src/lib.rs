@@ -11,7 +11,7 @@
 //!
 //! `filter_config` is the plugin configuration JSON the wasm module takes.
 //!
-//! - [`abi`]: the ABI's declarations and exported hooks, all of the crate's `unsafe`;
+//! - [`abi`]: the ABI's declarations and exported hooks, the only module allowed raw pointers;
 //! - [`module`]: roles, per-worker state, the start-up self-check;
 //! - [`envoy`]: `waypoint_core::host` over the ABI, labelled metrics.
 

@@ -1,5 +1,5 @@
 //! The module's filters: the role a filter configuration names, the per-worker state
-//! the roles share, and the start-up self-check. No `unsafe`: [`crate::abi`] hands in
+//! the roles share, and the start-up self-check. Safe code only: [`crate::abi`] hands in
 //! handles that are valid for the hook at hand.
 
 use std::cell::{Cell, RefCell};

@@ -40,6 +40,9 @@ pub enum Metric {
 const PLUGIN_CONFIGURATION: u32 = 7;
 const LOG_ERROR: u32 = 4;
 
+// SAFETY: proxy-wasm ABI 0.2.1 host functions as Envoy 1.40 exports them to module
+// `env`: every pointer is a (pointer, length) into this module's memory or an out-pointer
+// to the caller's local, valid for the call; statuses are u32, never trusted as enums.
 #[link(wasm_import_module = "env")]
 unsafe extern "C" {
     fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
