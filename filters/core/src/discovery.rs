@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::baggage;
 use crate::config::Limits;
 use crate::endpoint;
-use crate::host::{HeaderMap, Host, find_header};
+use crate::host::{HeaderMap, Headers, Host};
 use crate::legacy;
 use crate::peer::{Decoded, Peer};
 use crate::value;
@@ -154,7 +154,7 @@ impl Discovery {
         }
         let Some(headers) = counted(host.headers(HeaderMap::Request), host, worker) else { return };
         for name in consumed {
-            if find_header(&headers, name).is_some() {
+            if headers.get(name).is_some() {
                 counted(host.remove_header(HeaderMap::Request, name), host, worker);
             }
         }
@@ -164,16 +164,16 @@ impl Discovery {
     /// the method is not configured or the header absent.
     pub fn take_inner_legacy<'h>(
         &self,
-        headers: &'h [(String, Vec<u8>)],
+        headers: &'h Headers,
         host: &impl Host,
         worker: &mut Worker,
     ) -> Option<&'h [u8]> {
         if !self.uses(Method::LegacyHeader) {
             return None;
         }
-        let raw = find_header(headers, legacy::HEADER)?;
+        let raw = headers.get(legacy::HEADER)?;
         counted(host.remove_header(HeaderMap::Request, legacy::HEADER), host, worker);
-        if find_header(headers, legacy::ID_HEADER).is_some() {
+        if headers.get(legacy::ID_HEADER).is_some() {
             counted(host.remove_header(HeaderMap::Request, legacy::ID_HEADER), host, worker);
         }
         Some(raw)
@@ -221,14 +221,14 @@ impl Discovery {
     /// answer's headers and the tunnel's certificate.
     pub fn tunnel_peer(
         &self,
-        answer: &[(String, Vec<u8>)],
+        answer: &Headers,
         limits: &Limits,
         host: &impl Host,
         worker: &mut Worker,
     ) -> Peer {
         let mut peer = Peer::default();
         if self.uses(Method::Baggage)
-            && let Some(raw) = find_header(answer, BAGGAGE)
+            && let Some(raw) = answer.get(BAGGAGE)
         {
             peer = decode_baggage(raw, limits, host, worker);
         }

@@ -53,8 +53,8 @@ pub enum HeaderMap {
 /// One HTTP stream as the proxy exposes it. The facts are Envoy's stream attributes;
 /// `None` (or 0) when the stream does not have them (yet).
 pub trait Stream {
-    /// All headers of a map in one call (values as bytes: they may not be UTF-8).
-    fn headers(&self, map: HeaderMap) -> Result<Vec<(String, Vec<u8>)>, HostError>;
+    /// All headers of a map in one call.
+    fn headers(&self, map: HeaderMap) -> Result<Headers, HostError>;
     fn header(&self, map: HeaderMap, name: &str) -> Result<Option<Vec<u8>>, HostError>;
     fn remove_header(&self, map: HeaderMap, name: &str) -> Result<(), HostError>;
     fn add_header(&self, map: HeaderMap, name: &str, value: &[u8]) -> Result<(), HostError>;
@@ -97,9 +97,60 @@ pub trait Metrics {
     fn record(&self, id: u32, value: u64) -> Result<(), HostError>;
 }
 
-/// The value of `name` in a header list (names are lower case on the wire).
-pub fn find_header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
-    headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_slice())
+/// One header map as the host handed it over: every name and value in one buffer, in
+/// order. Names and values are bytes: neither has to be UTF-8. Two allocations per map
+/// whatever its size, since every request reads two maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    bytes: Vec<u8>,
+    /// Per header: where its name starts, where its name ends (its value starts
+    /// there) and where its value ends, in `bytes`.
+    entries: Vec<(usize, usize, usize)>,
+}
+
+impl Headers {
+    /// Room for `headers` headers of `bytes` bytes of names and values in all.
+    pub fn with_capacity(headers: usize, bytes: usize) -> Self {
+        Self { bytes: Vec::with_capacity(bytes), entries: Vec::with_capacity(headers) }
+    }
+
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(name);
+        let name_end = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.entries.push((start, name_end, self.bytes.len()));
+    }
+
+    /// The first value of `name` (names are lower case on the wire).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter().find(|(key, _)| *key == name.as_bytes()).map(|(_, value)| value)
+    }
+
+    /// Every (name, value), in the host's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.entries.iter().filter_map(|&(start, name_end, end)| {
+            Some((self.bytes.get(start..name_end)?, self.bytes.get(name_end..end)?))
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl<N: AsRef<[u8]>, V: AsRef<[u8]>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(pairs: I) -> Self {
+        let mut headers = Self::default();
+        for (name, value) in pairs {
+            headers.push(name.as_ref(), value.as_ref());
+        }
+        headers
+    }
 }
 
 /// Both halves of the host, as one adapter usually provides them.

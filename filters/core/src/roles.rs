@@ -19,7 +19,7 @@ use crate::contract::{
     DOWNSTREAM_BAGGAGE, DOWNSTREAM_LEGACY, DOWNSTREAM_SAN, ENDPOINT_HEADER, UPSTREAM_CONNECTION_HEADER,
 };
 use crate::discovery::{Discovery, DownstreamParts, counted};
-use crate::host::{HeaderMap, Host, find_header};
+use crate::host::{HeaderMap, Host};
 use crate::propagation::Propagation;
 use crate::stats::{self, Facts, StreamEnd};
 use crate::worker::{ErrorReason, TunnelState, Worker};
@@ -80,7 +80,7 @@ impl Upstream {
             worker.tunnels.answered(tunnel, TunnelState::Failed);
             return;
         };
-        if find_header(&headers, ":status") != Some(b"200") {
+        if headers.get(":status") != Some(b"200") {
             worker.tunnels.answered(tunnel, TunnelState::Failed);
             return;
         }
@@ -126,7 +126,7 @@ impl Stats {
         let Some(headers) = counted(host.headers(HeaderMap::Request), host, worker) else { return };
         state.facts.on_request_headers(&headers);
         let inner_legacy = self.downstream.take_inner_legacy(&headers, host, worker);
-        let part = |header: &str| find_header(&headers, header).unwrap_or_default();
+        let part = |header: &str| headers.get(header).unwrap_or_default();
         let parts = DownstreamParts {
             san: part(DOWNSTREAM_SAN.header),
             legacy: part(DOWNSTREAM_LEGACY.header),
@@ -143,9 +143,9 @@ impl Stats {
         let Some(headers) = counted(host.headers(HeaderMap::Response), host, worker) else { return };
         state.facts.on_response_headers(&headers, &self.limits, host, worker);
         state.endpoint_peer =
-            self.upstream.endpoint_peer(find_header(&headers, ENDPOINT_HEADER), &self.limits, host, worker);
+            self.upstream.endpoint_peer(headers.get(ENDPOINT_HEADER), &self.limits, host, worker);
         worker.hold(state.endpoint_peer);
-        let Some(x) = find_header(&headers, UPSTREAM_CONNECTION_HEADER).and_then(parse_u64) else { return };
+        let Some(x) = headers.get(UPSTREAM_CONNECTION_HEADER).and_then(parse_u64) else { return };
         state.tunnel_peer = match worker.tunnels.carrier_of(x) {
             Some(TunnelState::Established(peer)) => peer,
             Some(TunnelState::Pending | TunnelState::Failed) => 0,

@@ -7,7 +7,7 @@
 use crate::config::Limits;
 use crate::contract::SERVICE_HEADER;
 use crate::discovery::counted;
-use crate::host::{HeaderMap, Host, find_header};
+use crate::host::{HeaderMap, Headers, Host};
 use crate::labels::{self, RoutedService};
 use crate::response_flags;
 use crate::worker::{ErrorReason, Worker};
@@ -40,23 +40,23 @@ pub struct Facts {
 }
 
 impl Facts {
-    pub fn on_request_headers(&mut self, headers: &[(String, Vec<u8>)]) {
-        self.grpc = find_header(headers, "content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"));
+    pub fn on_request_headers(&mut self, headers: &Headers) {
+        self.grpc = headers.get("content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"));
     }
 
     pub fn on_response_headers(
         &mut self,
-        headers: &[(String, Vec<u8>)],
+        headers: &Headers,
         limits: &Limits,
         host: &impl Host,
         worker: &mut Worker,
     ) {
-        self.response_code = find_header(headers, ":status").and_then(parse_u32).unwrap_or(0);
+        self.response_code = headers.get(":status").and_then(parse_u32).unwrap_or(0);
         if self.grpc {
             // A trailers-only gRPC answer carries its status in the headers.
-            self.grpc_status = find_header(headers, "grpc-status").map(labels::grpc_status);
+            self.grpc_status = headers.get("grpc-status").map(labels::grpc_status);
         }
-        if let Some(cluster) = find_header(headers, SERVICE_HEADER) {
+        if let Some(cluster) = headers.get(SERVICE_HEADER) {
             self.service = Some(service(cluster, limits, host, worker));
         }
     }

@@ -7,18 +7,19 @@ use std::collections::{HashMap, HashSet};
 
 use std::time::Duration;
 
-use waypoint_core::host::{HeaderMap, HostError, HostStatus, MetricKind, Metrics, Stream};
+use waypoint_core::host::{HeaderMap, Headers, HostError, HostStatus, MetricKind, Metrics, Stream};
 use waypoint_core::labels::LABEL_NAMES;
 use waypoint_core::labels::Series;
 use waypoint_core::roles::{Downstream, RequestState, Stats, Upstream};
 use waypoint_core::worker::Worker;
 use waypoint_core::{PluginConfig, legacy};
 
-type Headers = Vec<(String, Vec<u8>)>;
+/// The fake host's own mutable header maps.
+type HeaderList = Vec<(String, Vec<u8>)>;
 
 #[derive(Default)]
 struct FakeHost {
-    maps: RefCell<HashMap<&'static str, Headers>>,
+    maps: RefCell<HashMap<&'static str, HeaderList>>,
     /// Envoy's attributes by their path, as the typed accessors stand for them.
     properties: HashMap<String, Vec<u8>>,
     numbers: HashMap<String, u64>,
@@ -91,9 +92,9 @@ impl FakeHost {
 }
 
 impl Stream for FakeHost {
-    fn headers(&self, map: HeaderMap) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+    fn headers(&self, map: HeaderMap) -> Result<Headers, HostError> {
         self.check("headers")?;
-        Ok(self.maps.borrow().get(map_name(map)).cloned().unwrap_or_default())
+        Ok(self.maps.borrow().get(map_name(map)).map(|list| list.iter().cloned().collect()).unwrap_or_default())
     }
     fn header(&self, map: HeaderMap, name: &str) -> Result<Option<Vec<u8>>, HostError> {
         self.check("header")?;

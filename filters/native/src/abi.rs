@@ -23,10 +23,15 @@ use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::{NonNull, null, null_mut};
 
+use waypoint_core::host::Headers;
+
 use crate::module::{self, Config, Filter};
 
 /// The most label values one metric call passes (Istio's metrics have 25).
 const MAX_LABELS: usize = 32;
+
+/// Header maps up to this size are listed on the stack (a request's usually are).
+const INLINE_HEADERS: usize = 32;
 
 /// The ABI version this module was written for, returned from program init.
 pub const ABI_VERSION: &CStr = c"v0.2.0";
@@ -63,16 +68,25 @@ struct EnvoyBuffer {
 impl EnvoyBuffer {
     const EMPTY: Self = Self { ptr: null(), length: 0 };
 
-    /// A copy of the bytes; empty for a null pointer.
+    /// The bytes, borrowed; empty for a null pointer.
     ///
     /// SAFETY: the caller passes a buffer Envoy filled in this hook, which the ABI
-    /// guarantees points at `length` readable bytes until the hook returns.
-    unsafe fn to_vec(self) -> Vec<u8> {
+    /// guarantees points at `length` readable bytes until the hook returns, and drops
+    /// the slice before the hook returns.
+    unsafe fn as_slice<'hook>(self) -> &'hook [u8] {
         if self.ptr.is_null() || self.length == 0 {
-            return Vec::new();
+            return &[];
         }
         // SAFETY: see the function's contract.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.length) }.to_vec()
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.length) }
+    }
+
+    /// A copy of the bytes; empty for a null pointer.
+    ///
+    /// SAFETY: as for [`Self::as_slice`].
+    unsafe fn to_vec(self) -> Vec<u8> {
+        // SAFETY: see the function's contract.
+        unsafe { self.as_slice() }.to_vec()
     }
 }
 
@@ -357,31 +371,38 @@ pub struct Stream<'hook> {
 }
 
 impl Stream<'_> {
-    /// All headers of a map, copied (values as bytes); `None` when Envoy has no such map.
-    pub fn headers(&self, kind: HeaderKind) -> Option<Vec<(String, Vec<u8>)>> {
+    /// All headers of a map, copied into one buffer; `None` when Envoy has no such map.
+    pub fn headers(&self, kind: HeaderKind) -> Option<Headers> {
         // SAFETY: a live filter pointer and a valid header type.
         let count = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.envoy.as_ptr(), kind.raw()) };
-        let empty = EnvoyHeader { key_ptr: null(), key_length: 0, value_ptr: null(), value_length: 0 };
-        let mut raw = vec![empty; count];
-        if count > 0 {
-            // SAFETY: `raw` holds `count` entries, the size Envoy reported in this hook.
-            let ok = unsafe {
-                envoy_dynamic_module_callback_http_get_headers(self.envoy.as_ptr(), kind.raw(), raw.as_mut_ptr())
-            };
-            if !ok {
-                return None;
-            }
+        if count == 0 {
+            return Some(Headers::default());
         }
-        let headers = raw
-            .into_iter()
-            .map(|header| {
-                let key = EnvoyBuffer { ptr: header.key_ptr, length: header.key_length };
-                let value = EnvoyBuffer { ptr: header.value_ptr, length: header.value_length };
-                // SAFETY: Envoy filled both buffers in this hook.
-                let (key, value) = unsafe { (key.to_vec(), value.to_vec()) };
-                (String::from_utf8_lossy(&key).into_owned(), value)
-            })
-            .collect();
+        let empty = EnvoyHeader { key_ptr: null(), key_length: 0, value_ptr: null(), value_length: 0 };
+        let mut raw = [empty; INLINE_HEADERS];
+        let mut spilled;
+        let entries = match raw.get_mut(..count) {
+            Some(entries) => entries,
+            None => {
+                spilled = vec![empty; count];
+                spilled.as_mut_slice()
+            }
+        };
+        // SAFETY: `entries` holds `count` entries, the size Envoy reported in this hook.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_get_headers(self.envoy.as_ptr(), kind.raw(), entries.as_mut_ptr())
+        };
+        if !ok {
+            return None;
+        }
+        let bytes = entries.iter().map(|h| h.key_length.saturating_add(h.value_length)).fold(0, usize::saturating_add);
+        let mut headers = Headers::with_capacity(count, bytes);
+        for header in entries.iter() {
+            let key = EnvoyBuffer { ptr: header.key_ptr, length: header.key_length };
+            let value = EnvoyBuffer { ptr: header.value_ptr, length: header.value_length };
+            // SAFETY: Envoy filled both buffers in this hook; they are copied before it returns.
+            unsafe { headers.push(key.as_slice(), value.as_slice()) };
+        }
         Some(headers)
     }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use waypoint_core::contract::{ERROR_REASON_TAG, GRPC_STATS_FILTER_STATE};
-use waypoint_core::host::{HeaderMap, HostError, HostStatus, MetricKind, Metrics, Stream as HostStream};
+use waypoint_core::host::{HeaderMap, Headers, HostError, HostStatus, MetricKind, Metrics, Stream as HostStream};
 use waypoint_core::labels::{
     BUILD, BUILD_TAGS, ERRORS_TOTAL, LABEL_NAMES, REQUEST_BYTES, REQUEST_DURATION, REQUEST_MESSAGES, REQUESTS_TOTAL,
     RESPONSE_BYTES, RESPONSE_MESSAGES, Series,
@@ -170,7 +170,7 @@ fn refused(call: &'static str) -> HostError {
 }
 
 impl HostStream for Envoy<'_> {
-    fn headers(&self, map: HeaderMap) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+    fn headers(&self, map: HeaderMap) -> Result<Headers, HostError> {
         self.stream.headers(kind(map)).ok_or(refused("http_get_headers"))
     }
 

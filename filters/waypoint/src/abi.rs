@@ -8,6 +8,8 @@
 
 use std::ptr::null_mut;
 
+use waypoint_core::host::Headers;
+
 use crate::wire::parse_header_pairs;
 
 /// A proxy-wasm status code other than `Ok`.
@@ -89,7 +91,7 @@ fn returning_buffer(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Resul
     }
 }
 
-pub fn header_pairs(map: Map) -> Result<Vec<(String, Vec<u8>)>, Status> {
+pub fn header_pairs(map: Map) -> Result<Headers, Status> {
     // SAFETY: the out-pointers are valid for the duration of the call.
     let raw = returning_buffer(|data, size| unsafe { proxy_get_header_map_pairs(map as u32, data, size) })?;
     parse_header_pairs(&raw.unwrap_or_default()).ok_or(PARSE_FAILURE)

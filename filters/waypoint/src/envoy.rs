@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use waypoint_core::contract::GRPC_STATS_FILTER_STATE;
-use waypoint_core::host::{HeaderMap, HostError, HostStatus, MetricKind, Metrics, Stream};
+use waypoint_core::host::{HeaderMap, Headers, HostError, HostStatus, MetricKind, Metrics, Stream};
 use waypoint_core::labels::Series;
 
 use crate::abi::{self, Map, Metric, Status};
@@ -50,7 +50,7 @@ fn integer(path: &[&str]) -> Result<Option<u64>, HostError> {
 }
 
 impl Stream for Envoy {
-    fn headers(&self, which: HeaderMap) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+    fn headers(&self, which: HeaderMap) -> Result<Headers, HostError> {
         abi::header_pairs(map(which)).map_err(failed("proxy_get_header_map_pairs"))
     }
 

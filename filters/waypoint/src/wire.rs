@@ -1,12 +1,14 @@
 //! How proxy-wasm hands values over, read without trusting their framing. Pure Rust,
 //! built natively too so that its tests and the fuzz targets run without wasm.
 
+use waypoint_core::host::Headers;
+
 /// Parses proxy-wasm's pair list (a u32 count, then (key size, value size)
 /// u32 pairs, then each key and value followed by a NUL), as the host hands
 /// over a header map. `None` when the sizes do not fit the buffer.
-pub fn parse_header_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+pub fn parse_header_pairs(bytes: &[u8]) -> Option<Headers> {
     if bytes.is_empty() {
-        return Some(Vec::new());
+        return Some(Headers::default());
     }
     let word = |at: usize| -> Option<usize> {
         let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
@@ -14,7 +16,7 @@ pub fn parse_header_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
     };
     let count = word(0)?;
     let mut data = count.checked_mul(8)?.checked_add(4)?;
-    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
+    let mut pairs = Headers::with_capacity(count.min(bytes.len() / 10), bytes.len());
     for n in 0..count {
         let sizes = 4 + n * 8;
         let (key_size, value_size) = (word(sizes)?, word(sizes + 4)?);
@@ -22,7 +24,7 @@ pub fn parse_header_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
         data = data.checked_add(key_size)?.checked_add(1)?;
         let value = bytes.get(data..data.checked_add(value_size)?)?;
         data = data.checked_add(value_size)?.checked_add(1)?;
-        pairs.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
+        pairs.push(key, value);
     }
     Some(pairs)
 }
@@ -93,11 +95,13 @@ mod tests {
 
     #[test]
     fn header_pairs_round_trip_with_non_utf8_values() {
-        let raw = serialize(&[(":status", b"200"), ("baggage", b"\xff\xfe")]);
-        assert_eq!(
-            parse_header_pairs(&raw),
-            Some(vec![(":status".to_owned(), b"200".to_vec()), ("baggage".to_owned(), b"\xff\xfe".to_vec())])
-        );
+        let raw = serialize(&[(":status", b"200"), ("baggage", b"\xff\xfe"), ("empty", b"")]);
+        let headers = parse_header_pairs(&raw).expect("well framed");
+        let pairs: Vec<(&[u8], &[u8])> = headers.iter().collect();
+        assert_eq!(pairs, [(&b":status"[..], &b"200"[..]), (b"baggage", b"\xff\xfe"), (b"empty", b"")]);
+        assert_eq!(headers.get("baggage"), Some(&b"\xff\xfe"[..]));
+        assert_eq!(headers.get("empty"), Some(&b""[..]));
+        assert_eq!(headers.get("absent"), None);
     }
 
     #[test]
