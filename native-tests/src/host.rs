@@ -359,7 +359,7 @@ pub fn set_header(token: usize, kind: u32, key: &[u8], value: Option<&[u8]>) -> 
                 let op = match value {
                     Some(value) => {
                         map.add(&name, value);
-                        HeaderOp::Set { key: key.to_vec(), value: value.to_vec() }
+                        HeaderOp::Replace { key: key.to_vec(), value: value.to_vec() }
                     }
                     None => HeaderOp::Remove { key: key.to_vec() },
                 };

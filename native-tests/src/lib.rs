@@ -133,7 +133,7 @@ impl HeaderMap {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderOp {
     Add { key: Vec<u8>, value: Vec<u8> },
-    Set { key: Vec<u8>, value: Vec<u8> },
+    Replace { key: Vec<u8>, value: Vec<u8> },
     Remove { key: Vec<u8> },
 }
 
@@ -220,6 +220,12 @@ impl Envoy {
         host::series().into_iter().filter(|s| s.scope.is_empty()).collect()
     }
 
+    /// The module's changes to one map of stream `stream` (see [`HttpStream::id`]), also
+    /// after the stream is gone.
+    pub fn header_ops(&self, stream: usize, kind: MapKind) -> Vec<HeaderOp> {
+        host::ops(stream, kind)
+    }
+
     /// Every series, any scope.
     pub fn all_series(&self) -> Vec<Series> {
         host::series()
@@ -292,6 +298,11 @@ impl HttpStream {
         let status = module().stream_hook(hook, self.token, filter, end_of_stream);
         host::leave(self.token);
         status
+    }
+
+    /// The stream's id (Envoy's pointer, as the module sees it).
+    pub fn id(&self) -> usize {
+        self.token
     }
 
     /// Whether the module returned a filter (null would close the stream in Envoy).

@@ -17,7 +17,9 @@
 //!   the access-log attributes set only before stream complete. Envoy 1.40 has no
 //!   `request.duration` then (measured), so none is set unless a test asks.
 
-use native_tests::{Attribute, Envoy, FilterConfig, HeaderMap, HeaderOp, HttpStream, MapKind, MetricKind, attribute};
+use native_tests::{Attribute, Envoy, FilterConfig, HttpStream, MapKind, MetricKind, attribute};
+pub use crate::legacy_header::legacy_peer_metadata;
+pub use native_tests::{HeaderMap, HeaderOp};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -104,7 +106,7 @@ impl Waypoint {
     /// A worker whose three filters have `config` (the rendered config gives each the same).
     pub fn with_config(config: &str) -> Self {
         let envoy = Envoy::start();
-        let mut filter = |name: &str, scope: &str| {
+        let filter = |name: &str, scope: &str| {
             envoy
                 .filter_config(name, config.as_bytes(), scope)
                 .unwrap_or_else(|| panic!("filter {name:?} refused {config}: {:?}", envoy.logs()))
@@ -141,7 +143,7 @@ impl Waypoint {
         let mut stream = self.envoy.stream(&self.downstream, vec![(attribute::CONNECTION_ID, connection)]);
         let status = stream.request_headers(headers, false);
         let routed = stream.map(MapKind::RequestHeaders).unwrap_or_default();
-        ClientConnect { stream, filter_state, routed, status }
+        ClientConnect { context: stream.id(), stream, filter_state, routed, status }
     }
 
     /// main_internal answers the CONNECT; the response headers as the client gets them.
@@ -167,7 +169,7 @@ impl Waypoint {
         let status = stream.request_headers(connect, false);
         assert_eq!(status, CONTINUE, "the upstream CONNECT must never be held");
         let sent = stream.map(MapKind::RequestHeaders).unwrap_or_default();
-        Tunnel { stream, connection_id, sent }
+        Tunnel { context: stream.id(), stream, connection_id, sent }
     }
 
     /// The destination ztunnel (TLS identity `san`) answers the CONNECT.
@@ -277,12 +279,12 @@ impl Waypoint {
     }
 
     /// `waypoint_errors_total{reason}` (0 when never emitted).
-    pub fn errors(&self, reason: &str) -> u64 {
+    pub fn errors(&self, reason: &str) -> i64 {
         self.all_errors().get(reason).copied().unwrap_or(0)
     }
 
     /// Every error reason counted so far, in the root scope.
-    pub fn all_errors(&self) -> BTreeMap<String, u64> {
+    pub fn all_errors(&self) -> BTreeMap<String, i64> {
         self.envoy
             .series()
             .into_iter()
@@ -290,19 +292,45 @@ impl Waypoint {
             .map(|s| {
                 assert_eq!(s.labels.len(), 1, "waypoint_errors_total has one label: {s:?}");
                 assert_eq!(s.labels[0].0, "reason");
-                (s.labels[0].1.clone(), s.value)
+                (s.labels[0].1.clone(), i64::try_from(s.value).expect("a count in i64"))
             })
             .collect()
+    }
+
+    /// Every series of counter `base`: its labels in order and its value.
+    pub fn counters(&self, base: &str) -> Vec<(Vec<(String, String)>, i64)> {
+        self.series_of(MetricKind::Counter, base)
+    }
+
+    /// Every series of gauge `base`: its labels in order and its value.
+    pub fn gauges(&self, base: &str) -> Vec<(Vec<(String, String)>, i64)> {
+        self.series_of(MetricKind::Gauge, base)
+    }
+
+    fn series_of(&self, kind: MetricKind, base: &str) -> Vec<(Vec<(String, String)>, i64)> {
+        self.envoy
+            .series()
+            .into_iter()
+            .filter(|s| s.kind == kind && s.name == base)
+            .map(|s| (s.labels, i64::try_from(s.value).expect("a value in i64")))
+            .collect()
+    }
+
+    /// Series Envoy holds whose metric name starts with `prefix`: what the wasm harness
+    /// counts as `proxy_define_metric` calls (the wasm module defines one stat per series).
+    pub fn defines(&self, prefix: &str) -> usize {
+        self.envoy.series().iter().filter(|s| s.name.starts_with(prefix)).count()
+    }
+
+    /// The module's changes to one header map of the stream `context`.
+    pub fn header_ops(&self, context: usize, map: MapType) -> Vec<HeaderOp> {
+        self.envoy.header_ops(context, map.kind())
     }
 
     /// Nothing landed in the tunnel cluster's scope (the module defers it to the root).
     pub fn assert_nothing_in_cluster_scope(&self) {
         let scoped: Vec<_> = self.envoy.all_series().into_iter().filter(|s| !s.scope.is_empty()).collect();
         assert!(scoped.is_empty(), "series in a cluster's scope: {scoped:#?}");
-    }
-
-    pub fn error_logs(&self) -> Vec<String> {
-        self.envoy.error_logs()
     }
 
     pub fn assert_healthy(&self) {
@@ -338,6 +366,8 @@ pub fn ztunnel_connect(baggage: Option<&[u8]>) -> HeaderMap {
 
 /// The client's CONNECT on connect_terminate.
 pub struct ClientConnect {
+    /// The stream, by the id [`Waypoint::header_ops`] takes.
+    pub context: usize,
     pub stream: HttpStream,
     pub filter_state: Vec<u8>,
     /// The request headers after our filter: what is routed on.
@@ -345,14 +375,25 @@ pub struct ClientConnect {
     pub status: u32,
 }
 
-impl ClientConnect {
-    pub fn header_ops(&self, map: MapKind) -> Vec<HeaderOp> {
-        self.stream.header_ops(map)
+/// The header maps the scenarios look at, by the wasm harness's names.
+#[derive(Debug, Clone, Copy)]
+pub enum MapType {
+    HttpRequestHeaders,
+    HttpResponseHeaders,
+}
+
+impl MapType {
+    fn kind(self) -> MapKind {
+        match self {
+            Self::HttpRequestHeaders => MapKind::RequestHeaders,
+            Self::HttpResponseHeaders => MapKind::ResponseHeaders,
+        }
     }
 }
 
 /// Our CONNECT to a destination ztunnel over connect_originate connection `connection_id`.
 pub struct Tunnel {
+    pub context: usize,
     pub stream: HttpStream,
     pub connection_id: u64,
     pub sent: HeaderMap,
@@ -494,8 +535,8 @@ impl Series {
             .unwrap_or_else(|| panic!("label {name} missing from {:?}", self.0.labels))
     }
 
-    pub fn count(&self) -> u64 {
-        self.0.value
+    pub fn count(&self) -> i64 {
+        i64::try_from(self.0.value).expect("a count in i64")
     }
 
     pub fn labels(&self) -> Vec<(&str, &str)> {

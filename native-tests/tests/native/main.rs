@@ -1,19 +1,29 @@
 //! Scenario tests of the BUILT native module (`libwaypoint_native.so`) in the mocked
-//! dynamic-module host: the scenarios of `wasm-tests/tests/waypoint/` on the other engine,
-//! ported with the same literals (`harness.rs` mirrors the wasm harness's steps).
+//! dynamic-module host: the scenarios of `wasm-tests/tests/waypoint/` on the other engine.
+//! `harness.rs` offers the wasm harness's surface (`Waypoint::start`, `client_connect`,
+//! `answer_client`, `established_tunnel`, `serve`, the series as Envoy holds them), so
+//! `peers.rs`, `tunnels.rs` and `hostile.rs` are the wasm suite's files themselves, compiled here too;
+//! `story.rs` is a port (the wasm one also checks host calls and proxy-wasm effects).
 //!
 //! The module is found through `WAYPOINT_NATIVE_SO`, else
 //! `<workspace>/target/release/libwaypoint_native.so`; when it is missing every test fails
 //! and says how to build it.
 //!
 //! - `story`: the seed's five steps, one test each.
-//! - `peers`: baggage forms, the legacy header, hostile input, gRPC.
-//! - `tunnels`: which tunnel's peer a response is labelled with.
-//! - `hostile`: forged namespaces, floods.
-//! - `abi`: the mocked host itself refuses what Envoy refuses.
+//! - `peers` (shared): every baggage form, the legacy header, the switch, hostile input, gRPC.
+//! - `hostile` (shared): forged namespaces, floods, bleeding channels.
+//! - `tunnels` (shared): which tunnel's peer a response is labelled with.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod harness;
+#[path = "../../../wasm-tests/tests/waypoint/legacy_header.rs"]
+mod legacy_header;
 
+#[path = "../../../wasm-tests/tests/waypoint/hostile.rs"]
+mod hostile;
+#[path = "../../../wasm-tests/tests/waypoint/peers.rs"]
+mod peers;
 mod story;
+#[path = "../../../wasm-tests/tests/waypoint/tunnels.rs"]
+mod tunnels;

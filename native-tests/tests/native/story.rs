@@ -1,8 +1,6 @@
 //! The seed's five steps: `curl` (frontend) calls the `echo` service (backend) through the
 //! waypoint; ztunnel 1.29 on both sides speaks baggage.
 
-use native_tests::{HeaderOp, MapKind};
-
 use crate::harness::*;
 
 /// connect_originate connection of the tunnel to echo-v2 in these scenarios.
@@ -92,7 +90,7 @@ fn step_2_the_connect_baggage_is_removed_before_routing_and_an_application_bagga
         assert!(connect.routed.get(kept).is_some(), "{kept} must be routed on");
     }
     assert_eq!(
-        connect.header_ops(MapKind::RequestHeaders),
+        wp.header_ops(connect.context, MapType::HttpRequestHeaders),
         vec![HeaderOp::Remove { key: b"baggage".to_vec() }],
         "the CONNECT request gets exactly one change"
     );
@@ -120,7 +118,7 @@ fn step_3_our_baggage_goes_on_the_upstream_connect_and_the_destination_baggage_i
     let younger = wp.established_tunnel(TUNNEL + 4, ECHO_V1_BAGGAGE, ECHO_SAN);
     wp.serve(InnerRequest::get("/again").downstream_peer(&connect.filter_state).via(tunnel.upconn()));
     wp.serve(InnerRequest::get("/other").downstream_peer(&connect.filter_state).via(younger.upconn()));
-    let mut destinations: Vec<(String, u64)> =
+    let mut destinations: Vec<(String, i64)> =
         wp.request_series().iter().map(|s| (s.label("destination_workload").to_string(), s.count())).collect();
     destinations.sort();
     assert_eq!(
@@ -217,7 +215,7 @@ fn the_client_gets_our_baggage_on_the_connect_200_and_never_on_an_error() {
     let answer = wp.answer_client(&mut ok, "200");
     assert_eq!(answer.get_all("baggage"), vec![WAYPOINT_BAGGAGE.as_bytes()]);
     assert_eq!(
-        ok.header_ops(MapKind::ResponseHeaders),
+        wp.header_ops(ok.context, MapType::HttpResponseHeaders),
         vec![HeaderOp::Add { key: b"baggage".to_vec(), value: WAYPOINT_BAGGAGE.as_bytes().to_vec() }]
     );
 
@@ -225,7 +223,7 @@ fn the_client_gets_our_baggage_on_the_connect_200_and_never_on_an_error() {
         let mut refused = wp.client_connect(CLIENT_SAN, ztunnel_connect(Some(CLIENT_BAGGAGE_1_29.as_bytes())));
         let answer = wp.answer_client(&mut refused, status);
         assert_eq!(answer.get("baggage"), None, "a {status} carries no baggage");
-        assert!(refused.header_ops(MapKind::ResponseHeaders).is_empty());
+        assert!(wp.header_ops(refused.context, MapType::HttpResponseHeaders).is_empty());
         wp.close_client(refused);
     }
     wp.close_client(ok);
