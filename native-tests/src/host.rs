@@ -59,6 +59,8 @@ struct ConfigState {
     /// Envoy's `stat_creation_frozen_`: set once `config_new` returns.
     frozen: bool,
     defs: HashMap<MetricKind, Vec<MetricDef>>,
+    /// Every definition in call order: kind, name, label names.
+    defined: Vec<(MetricKind, String, Vec<String>)>,
 }
 
 struct StreamState {
@@ -73,12 +75,19 @@ struct StreamState {
     graveyard: Vec<HeaderMap>,
 }
 
+/// (scope, kind, name, labels).
+type SeriesKey = (String, MetricKind, String, Vec<(String, String)>);
+
 #[derive(Default)]
 struct Worker {
     configs: HashMap<usize, ConfigState>,
     streams: HashMap<usize, StreamState>,
     next_token: usize,
     series: Vec<Series>,
+    /// Where each series is in `series`.
+    series_index: HashMap<SeriesKey, usize>,
+    /// The same, by what a metric call passes: (config, kind, id, label values).
+    by_values: HashMap<(usize, MetricKind, usize, Vec<Vec<u8>>), usize>,
     logs: Vec<(u32, String)>,
     misuses: Vec<String>,
     refusals: Vec<String>,
@@ -121,7 +130,7 @@ fn token(worker: &mut Worker) -> usize {
 pub fn new_config(scope: &str) -> usize {
     with(0, |w| {
         let token = token(w);
-        w.configs.insert(token, ConfigState { scope: scope.to_string(), frozen: false, defs: HashMap::new() });
+        w.configs.insert(token, ConfigState { scope: scope.to_string(), frozen: false, defs: HashMap::new(), defined: Vec::new() });
         token
     })
 }
@@ -180,6 +189,10 @@ pub fn destroyed(stream: usize) {
         if let Some(state) = w.streams.get_mut(&stream) {
             state.destroyed = true;
             state.hook = None;
+            // Only what a test may still ask about a gone stream (its header changes) is kept.
+            state.maps.clear();
+            state.attributes.clear();
+            state.filter_state.clear();
         }
     });
 }
@@ -211,6 +224,10 @@ pub fn ops(stream: usize, kind: MapKind) -> Vec<HeaderOp> {
             .map(|s| s.ops.iter().filter(|(k, _)| *k == kind).map(|(_, op)| op.clone()).collect())
             .unwrap_or_default()
     })
+}
+
+pub fn definitions(config: usize) -> Vec<(MetricKind, String, Vec<String>)> {
+    with(Vec::new(), |w| w.configs.get(&config).map(|c| c.defined.clone()).unwrap_or_default())
 }
 
 pub fn series() -> Vec<Series> {
@@ -407,8 +424,9 @@ pub fn define(config: usize, kind: MetricKind, name: &[u8], label_names: Vec<Vec
             w.refusals.push(format!("define {name}: Frozen (the config's creation is over)"));
             return Err(FROZEN);
         }
+        let label_names: Vec<String> = label_names.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+        state.defined.push((kind, name.clone(), label_names.clone()));
         let defs = state.defs.entry(kind).or_default();
-        let label_names = label_names.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
         defs.push(MetricDef { name, label_names });
         Ok(defs.len() - 1)
     })
@@ -416,36 +434,49 @@ pub fn define(config: usize, kind: MetricKind, name: &[u8], label_names: Vec<Vec
 
 pub fn emit(token: usize, kind: MetricKind, id: usize, values: Vec<Vec<u8>>, value: u64) -> u32 {
     with(METRIC_NOT_FOUND, |w| {
-        let call = format!("{kind:?} id {id}");
-        let Some(stream) = live(w, token, &call) else { return METRIC_NOT_FOUND };
-        let config = stream.config;
+        let Some(stream) = live(w, token, "metric") else { return METRIC_NOT_FOUND };
+        let call = || format!("{kind:?} id {id}");
+        let config_token = stream.config;
+        let config = config_token;
         let Some(config) = w.configs.get(&config) else { return METRIC_NOT_FOUND };
         let Some(def) = config.defs.get(&kind).and_then(|defs| defs.get(id)) else {
-            w.refusals.push(format!("{call}: MetricNotFound"));
+            w.refusals.push(format!("{}: MetricNotFound", call()));
             return METRIC_NOT_FOUND;
         };
         if def.label_names.len() != values.len() {
             w.refusals.push(format!(
-                "{call} ({}): InvalidLabels, {} values for {} label names",
+                "{} ({}): InvalidLabels, {} values for {} label names",
+                call(),
                 def.name,
                 values.len(),
                 def.label_names.len()
             ));
             return INVALID_LABELS;
         }
-        let labels: Vec<(String, String)> = def
-            .label_names
-            .iter()
-            .cloned()
-            .zip(values.iter().map(|v| String::from_utf8_lossy(v).into_owned()))
-            .collect();
-        let (scope, name) = (config.scope.clone(), def.name.clone());
-        let at =
-            w.series.iter().position(|s| s.kind == kind && s.scope == scope && s.name == name && s.labels == labels);
-        let at = at.unwrap_or_else(|| {
-            w.series.push(Series { scope, kind, name, labels, value: 0, samples: Vec::new() });
-            w.series.len() - 1
-        });
+        let fast_key = (config_token, kind, id, values);
+        let at = match w.by_values.get(&fast_key) {
+            Some(at) => *at,
+            None => {
+                let labels: Vec<(String, String)> = def
+                    .label_names
+                    .iter()
+                    .cloned()
+                    .zip(fast_key.3.iter().map(|v| String::from_utf8_lossy(v).into_owned()))
+                    .collect();
+                let key = (config.scope.clone(), kind, def.name.clone(), labels);
+                let at = match w.series_index.get(&key) {
+                    Some(at) => *at,
+                    None => {
+                        let (scope, kind, name, labels) = key.clone();
+                        w.series.push(Series { scope, kind, name, labels, value: 0, samples: Vec::new() });
+                        w.series_index.insert(key, w.series.len() - 1);
+                        w.series.len() - 1
+                    }
+                };
+                w.by_values.insert(fast_key, at);
+                at
+            }
+        };
         let Some(series) = w.series.get_mut(at) else { return METRIC_NOT_FOUND };
         match kind {
             MetricKind::Counter => series.value += value,

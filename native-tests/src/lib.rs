@@ -226,6 +226,11 @@ impl Envoy {
         host::ops(stream, kind)
     }
 
+    /// The metrics a filter config defined at its creation, in call order: kind, name, label names.
+    pub fn definitions(&self, config: &FilterConfig) -> Vec<(MetricKind, String, Vec<String>)> {
+        host::definitions(config.token)
+    }
+
     /// Every series, any scope.
     pub fn all_series(&self) -> Vec<Series> {
         host::series()

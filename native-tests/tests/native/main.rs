@@ -2,7 +2,8 @@
 //! dynamic-module host: the scenarios of `wasm-tests/tests/waypoint/` on the other engine.
 //! `harness.rs` offers the wasm harness's surface (`Waypoint::start`, `client_connect`,
 //! `answer_client`, `established_tunnel`, `serve`, the series as Envoy holds them), so
-//! `peers.rs`, `tunnels.rs` and `hostile.rs` are the wasm suite's files themselves, compiled here too;
+//! `peers.rs`, `tunnels.rs`, `hostile.rs` and `cardinality.rs` are the wasm suite's files
+//! themselves, compiled here too;
 //! `story.rs` is a port (the wasm one also checks host calls and proxy-wasm effects).
 //!
 //! The module is found through `WAYPOINT_NATIVE_SO`, else
@@ -11,6 +12,8 @@
 //!
 //! - `story`: the seed's five steps, one test each.
 //! - `peers` (shared): every baggage form, the legacy header, the switch, hostile input, gRPC.
+//! - `cardinality` (shared): one series per label set, `max_label_sets`.
+//! - `robustness`: bad configuration refused; the module misusing the ABI fails a test.
 //! - `hostile` (shared): forged namespaces, floods, bleeding channels.
 //! - `tunnels` (shared): which tunnel's peer a response is labelled with.
 
@@ -20,10 +23,13 @@ mod harness;
 #[path = "../../../wasm-tests/tests/waypoint/legacy_header.rs"]
 mod legacy_header;
 
+#[path = "../../../wasm-tests/tests/waypoint/cardinality.rs"]
+mod cardinality;
 #[path = "../../../wasm-tests/tests/waypoint/hostile.rs"]
 mod hostile;
 #[path = "../../../wasm-tests/tests/waypoint/peers.rs"]
 mod peers;
+mod robustness;
 mod story;
 #[path = "../../../wasm-tests/tests/waypoint/tunnels.rs"]
 mod tunnels;

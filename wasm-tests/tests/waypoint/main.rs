@@ -13,7 +13,8 @@
 //! - `story`: the seed's five steps, one test each.
 //! - `peers`: every baggage form, the legacy header, the switch, hostile input, gRPC.
 //! - `tunnels`: which tunnel's peer a response is labelled with.
-//! - `robustness`: failing host calls, bad configuration, cardinality.
+//! - `robustness`: failing host calls, bad configuration.
+//! - `cardinality`: one definition per label set, `max_label_sets`.
 //! - `hostile`: what an attacker tried: forged namespaces, floods, bleeding channels.
 //! - `cost`: host calls and VM entries per request and per CONNECT (a budget, not a timing).
 
@@ -22,6 +23,7 @@
 mod harness;
 mod legacy_header;
 
+mod cardinality;
 mod cost;
 mod hostile;
 mod peers;
