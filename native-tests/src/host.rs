@@ -75,6 +75,9 @@ struct StreamState {
     graveyard: Vec<HeaderMap>,
 }
 
+/// (config, kind, id, label values): what one metric call names.
+type CallKey = (usize, MetricKind, usize, Vec<Vec<u8>>);
+
 /// (scope, kind, name, labels).
 type SeriesKey = (String, MetricKind, String, Vec<(String, String)>);
 
@@ -87,7 +90,7 @@ struct Worker {
     /// Where each series is in `series`.
     series_index: HashMap<SeriesKey, usize>,
     /// The same, by what a metric call passes: (config, kind, id, label values).
-    by_values: HashMap<(usize, MetricKind, usize, Vec<Vec<u8>>), usize>,
+    by_values: HashMap<CallKey, usize>,
     logs: Vec<(u32, String)>,
     misuses: Vec<String>,
     refusals: Vec<String>,
@@ -130,7 +133,10 @@ fn token(worker: &mut Worker) -> usize {
 pub fn new_config(scope: &str) -> usize {
     with(0, |w| {
         let token = token(w);
-        w.configs.insert(token, ConfigState { scope: scope.to_string(), frozen: false, defs: HashMap::new(), defined: Vec::new() });
+        w.configs.insert(
+            token,
+            ConfigState { scope: scope.to_string(), frozen: false, defs: HashMap::new(), defined: Vec::new() },
+        );
         token
     })
 }
@@ -289,7 +295,7 @@ fn map_kind(w: &mut Worker, raw: u32, call: &str) -> Option<MapKind> {
 }
 
 /// The map if it exists in this phase; a map not there yet is refused (and recorded).
-fn available<'s>(state: &'s mut StreamState, kind: MapKind) -> Result<&'s mut HeaderMap, String> {
+fn available(state: &mut StreamState, kind: MapKind) -> Result<&mut HeaderMap, String> {
     let hook = state.hook;
     state.maps.get_mut(&kind).ok_or_else(|| format!("{kind:?} is not available in {hook:?}"))
 }

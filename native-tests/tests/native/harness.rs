@@ -17,8 +17,8 @@
 //!   the access-log attributes set only before stream complete. Envoy 1.40 has no
 //!   `request.duration` then (measured), so none is set unless a test asks.
 
-use native_tests::{Attribute, Envoy, FilterConfig, HttpStream, MapKind, MetricKind, attribute};
 pub use crate::legacy_header::legacy_peer_metadata;
+use native_tests::{Attribute, Envoy, FilterConfig, HttpStream, MapKind, MetricKind, attribute};
 pub use native_tests::{HeaderMap, HeaderOp};
 use std::collections::BTreeMap;
 use std::rc::Rc;
