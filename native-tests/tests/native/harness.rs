@@ -375,6 +375,13 @@ pub struct ClientConnect {
     pub status: u32,
 }
 
+impl ClientConnect {
+    /// The CONNECT's request headers went on (nothing held).
+    pub fn continued(&self) -> bool {
+        self.status == CONTINUE
+    }
+}
+
 /// The header maps the scenarios look at, by the wasm harness's names.
 #[derive(Debug, Clone, Copy)]
 pub enum MapType {
@@ -519,6 +526,13 @@ pub struct Served {
     pub statuses: Vec<u32>,
     /// The stats filter's changes to the inner request's headers.
     pub request_ops: Vec<HeaderOp>,
+}
+
+impl Served {
+    /// Every hook let the stream continue.
+    pub fn all_continued(&self) -> bool {
+        self.statuses.iter().all(|s| *s == CONTINUE)
+    }
 }
 
 /// One `istio_requests_total` series as Envoy holds it.

@@ -373,7 +373,8 @@ impl Waypoint {
         }
         let state = vm.finish(id)?;
         entries += 3;
-        Ok(Served { request_as_routed, actions, trace: Trace { state, entries } })
+        let request_ops = self.header_ops(state.id, MapType::HttpRequestHeaders);
+        Ok(Served { request_as_routed, actions, request_ops, trace: Trace { state, entries } })
     }
 
     // ---- what Envoy ends up with ------------------------------------------------------------
@@ -527,6 +528,13 @@ pub struct ClientConnect {
     entries: u32,
 }
 
+impl ClientConnect {
+    /// The CONNECT's request headers went on (nothing held).
+    pub fn continued(&self) -> bool {
+        self.action == Action::Continue
+    }
+}
+
 /// Our CONNECT to a destination ztunnel over connect_originate connection `connection_id`.
 #[derive(Debug)]
 pub struct Tunnel {
@@ -667,7 +675,16 @@ pub struct Served {
     /// The request headers after the stats filter's `on_request_headers` (what goes upstream).
     pub request_as_routed: HeaderMap,
     pub actions: Vec<Action>,
+    /// The stats filter's changes to the inner request's headers.
+    pub request_ops: Vec<HeaderOp>,
     pub trace: Trace,
+}
+
+impl Served {
+    /// Every callback let the stream continue.
+    pub fn all_continued(&self) -> bool {
+        self.actions.iter().all(|a| *a == Action::Continue)
+    }
 }
 
 /// One metric series: base name plus its `;label=value` pairs.
@@ -702,6 +719,11 @@ impl Series {
 
     pub fn count(&self) -> i64 {
         self.metric.value
+    }
+
+    /// The labels in order, as (name, value).
+    pub fn labels(&self) -> Vec<(&str, &str)> {
+        self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
     }
 
     fn suffix(&self) -> &str {

@@ -10,7 +10,8 @@
 //! else `<workspace>/target/wasm32-wasip1/release/waypoint.wasm`. When it is missing every
 //! test fails and says how to build it.
 //!
-//! - `story`: the seed's five steps, one test each.
+//! - `story`: the seed's five steps, one test each (shared with native-tests); `story_wasm`
+//!   what of them only the proxy-wasm boundary shows.
 //! - `peers`: every baggage form, the legacy header, the switch, hostile input, gRPC.
 //! - `tunnels`: which tunnel's peer a response is labelled with.
 //! - `robustness`: failing host calls, bad configuration.
@@ -29,4 +30,5 @@ mod hostile;
 mod peers;
 mod robustness;
 mod story;
+mod story_wasm;
 mod tunnels;
