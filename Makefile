@@ -7,7 +7,8 @@ SHELL := bash
 CARGO ?= cargo
 ENVOY_BIN := $(CURDIR)/.venv/lib/python3.11/site-packages/envoy/_bin/envoy
 WAYPOINT_WASM := $(CURDIR)/dist/waypoint.wasm
-export ENVOY_BIN WAYPOINT_WASM
+WAYPOINT_NATIVE_SO := $(CURDIR)/dist/libwaypoint_native.so
+export ENVOY_BIN WAYPOINT_WASM WAYPOINT_NATIVE_SO
 
 .PHONY: help setup build demo test test-native test-wasm-engine lint bench fuzz soak flood testbed testbed-down testbed-test clean
 
@@ -48,7 +49,7 @@ lint:
 	$(CARGO) deny --offline check bans licenses sources
 	$(CARGO) clippy -q -p waypoint --target wasm32-wasip1 -- -D warnings
 
-# Unit, property, scenario (built .wasm in the mocked host) and Envoy interop tests.
+# Unit, property, scenario (built .wasm and .so in their mocked hosts) and Envoy interop tests.
 test-native:
 	$(CARGO) test --workspace
 

@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use wasm_tests::{
-    Action, ContextState, Effect, Error, HeaderMap, HeaderOp, LogLevel, MapType, Metric, MetricType, Vm, VmConfig,
-    WasmModule,
-};
+use wasm_tests::{Action, ContextState, Effect, Error, LogLevel, Metric, MetricType, Vm, VmConfig, WasmModule};
+// The scenario files shared with native-tests take these from the harness.
+pub use crate::legacy_header::legacy_peer_metadata;
+pub use wasm_tests::{HeaderMap, HeaderOp, MapType};
 
 // ---- the mesh of the scenarios --------------------------------------------------------------
 
@@ -373,7 +373,8 @@ impl Waypoint {
         }
         let state = vm.finish(id)?;
         entries += 3;
-        Ok(Served { request_as_routed, actions, trace: Trace { state, entries } })
+        let request_ops = self.header_ops(state.id, MapType::HttpRequestHeaders);
+        Ok(Served { request_as_routed, actions, request_ops, trace: Trace { state, entries } })
     }
 
     // ---- what Envoy ends up with ------------------------------------------------------------
@@ -433,6 +434,25 @@ impl Waypoint {
                 Some((reason.to_string(), m.value))
             })
             .filter(|(_, v)| *v != 0)
+            .collect()
+    }
+
+    /// Every series of counter `base`: its labels in order and its value.
+    pub fn counters(&self, base: &str) -> Vec<(Vec<(String, String)>, i64)> {
+        self.series_of(MetricType::Counter, base)
+    }
+
+    /// Every series of gauge `base`: its labels in order and its value.
+    pub fn gauges(&self, base: &str) -> Vec<(Vec<(String, String)>, i64)> {
+        self.series_of(MetricType::Gauge, base)
+    }
+
+    fn series_of(&self, kind: MetricType, base: &str) -> Vec<(Vec<(String, String)>, i64)> {
+        self.vm
+            .metrics()
+            .iter()
+            .filter(|m| m.metric_type == Some(kind) && m.name.split(';').next() == Some(base))
+            .map(|m| (Series::parse(m).labels, m.value))
             .collect()
     }
 
@@ -506,6 +526,13 @@ pub struct ClientConnect {
     pub routed: HeaderMap,
     pub action: Action,
     entries: u32,
+}
+
+impl ClientConnect {
+    /// The CONNECT's request headers went on (nothing held).
+    pub fn continued(&self) -> bool {
+        self.action == Action::Continue
+    }
 }
 
 /// Our CONNECT to a destination ztunnel over connect_originate connection `connection_id`.
@@ -648,7 +675,16 @@ pub struct Served {
     /// The request headers after the stats filter's `on_request_headers` (what goes upstream).
     pub request_as_routed: HeaderMap,
     pub actions: Vec<Action>,
+    /// The stats filter's changes to the inner request's headers.
+    pub request_ops: Vec<HeaderOp>,
     pub trace: Trace,
+}
+
+impl Served {
+    /// Every callback let the stream continue.
+    pub fn all_continued(&self) -> bool {
+        self.actions.iter().all(|a| *a == Action::Continue)
+    }
 }
 
 /// One metric series: base name plus its `;label=value` pairs.
@@ -685,6 +721,11 @@ impl Series {
         self.metric.value
     }
 
+    /// The labels in order, as (name, value).
+    pub fn labels(&self) -> Vec<(&str, &str)> {
+        self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
     fn suffix(&self) -> &str {
         let at = self.metric.name.find(';').unwrap_or(self.metric.name.len());
         &self.metric.name[at..]
@@ -704,66 +745,5 @@ impl Series {
     pub fn assert_istio_label_names(&self) {
         let names: Vec<&str> = self.labels.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, LABEL_NAMES, "label names/order of {}", self.metric.name);
-    }
-}
-
-// ---- the sidecar-era x-envoy-peer-metadata header, encoded by hand --------------------------
-
-/// base64 of a `google.protobuf.Struct` with string `fields` and a `LABELS` struct.
-pub fn legacy_peer_metadata(fields: &[(&str, &str)], labels: &[(&str, &str)]) -> String {
-    let string_value = |s: &str| proto_field(3, s.as_bytes());
-    let struct_of = |pairs: &[(&str, &str)]| -> Vec<u8> {
-        pairs
-            .iter()
-            .flat_map(|(k, v)| {
-                proto_field(1, &[proto_field(1, k.as_bytes()), proto_field(2, &string_value(v))].concat())
-            })
-            .collect()
-    };
-    let mut node = struct_of(fields);
-    let labels_value = proto_field(5, &struct_of(labels));
-    node.extend(proto_field(1, &[proto_field(1, b"LABELS"), proto_field(2, &labels_value)].concat()));
-    base64(&node)
-}
-
-/// A length-delimited protobuf field.
-fn proto_field(number: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 6);
-    let mut varint = |mut v: u64| loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    };
-    varint(u64::from((number << 3) | 2));
-    varint(payload.len() as u64);
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Standard base64 with padding.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[test]
-fn the_hand_written_base64_matches_rfc_4648() {
-    for (input, encoded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
-        assert_eq!(base64(input.as_bytes()), encoded);
     }
 }

@@ -10,20 +10,25 @@
 //! else `<workspace>/target/wasm32-wasip1/release/waypoint.wasm`. When it is missing every
 //! test fails and says how to build it.
 //!
-//! - `story`: the seed's five steps, one test each.
+//! - `story`: the seed's five steps, one test each (shared with native-tests); `story_wasm`
+//!   what of them only the proxy-wasm boundary shows.
 //! - `peers`: every baggage form, the legacy header, the switch, hostile input, gRPC.
 //! - `tunnels`: which tunnel's peer a response is labelled with.
-//! - `robustness`: failing host calls, bad configuration, cardinality.
+//! - `robustness`: failing host calls, bad configuration.
+//! - `cardinality`: one definition per label set, `max_label_sets`.
 //! - `hostile`: what an attacker tried: forged namespaces, floods, bleeding channels.
 //! - `cost`: host calls and VM entries per request and per CONNECT (a budget, not a timing).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod harness;
+mod legacy_header;
 
+mod cardinality;
 mod cost;
 mod hostile;
 mod peers;
 mod robustness;
 mod story;
+mod story_wasm;
 mod tunnels;

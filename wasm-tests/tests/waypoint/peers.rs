@@ -1,8 +1,6 @@
 //! Where the peers come from: every baggage form, the legacy header, the baggage switch,
 //! hostile input, and the gRPC labels.
 
-use wasm_tests::{HeaderMap, HeaderOp, MapType};
-
 use crate::harness::*;
 
 /// Labels of the source side when only the TLS identity of `curl` is known.
