@@ -154,11 +154,15 @@ fn picture() -> Result<String> {
     Ok(format!("{} ({} edges)", svg.display(), graph.edges.len()))
 }
 
-/// The HTTP filters of the waypoint's running config are the engine's, and none of the other's.
+/// The HTTP filters of the waypoint's running config are the engine's, and none of the other's:
+/// their typed configs' full type URLs (the node's list of extensions names both engines'
+/// filters, with type URLs that lack the `type.googleapis.com/` prefix).
 fn waypoint_engine(engine: Engine) -> Result<String> {
     let dump = docker(&["exec", WAYPOINT, "wget", "-q", "-O", "-", "http://10.251.1.100:15000/config_dump"])?;
-    let wasm = dump.matches("\"envoy.filters.http.wasm\"").count();
-    let native = dump.matches("\"envoy.extensions.filters.http.dynamic_modules\"").count();
+    let wasm = dump.matches("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\"").count();
+    let native = dump
+        .matches("type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter\"")
+        .count();
     let (ours, other) = match engine {
         Engine::Wasm => (wasm, native),
         Engine::Native | Engine::NativeNoop => (native, wasm),
