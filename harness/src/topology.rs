@@ -84,7 +84,7 @@ impl Binaries {
             host_shim: pick("HOST_SHIM_BIN", root.join("dist/host-shim"))?,
             envoy: pick("ENVOY_BIN", root.join(".venv/lib/python3.11/site-packages/envoy/_bin/envoy"))?,
             wasm: pick("WAYPOINT_WASM", root.join("dist/waypoint.wasm"))?,
-            native_dir: pick("WAYPOINT_NATIVE", root.join("dist/libwaypoint_native.so"))?
+            native_dir: pick("WAYPOINT_NATIVE_SO", root.join("dist/libwaypoint_native.so"))?
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
@@ -179,7 +179,8 @@ pub struct Options {
     /// Another module in the filters' places (the benchmark's do-nothing floor); `None`:
     /// the waypoint module.
     pub module: Option<PathBuf>,
-    /// The filters' engine: the wasm module (default) or the native dynamic module.
+    /// The filters' engine: the wasm module or the native dynamic module ([`Engine::DEFAULT`]
+    /// unless set).
     pub engine: Engine,
     /// Who answers HBONE for node-b's pods (echo-v1, echo-v2).
     pub node_b: PodHbone,
@@ -196,13 +197,20 @@ pub struct Options {
     pub waypoint_under: Option<Vec<String>>,
 }
 
+impl Options {
+    /// The defaults, with the filters in `engine`.
+    pub fn with_engine(engine: Engine) -> Self {
+        Self { engine, ..Self::default() }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {
             baggage_discovery: true,
             telemetry: true,
             module: None,
-            engine: Engine::Wasm,
+            engine: Engine::DEFAULT,
             node_b: PodHbone::Ztunnel,
             ratings: PodHbone::Ztunnel,
             grpc: false,

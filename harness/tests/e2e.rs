@@ -1,7 +1,9 @@
 //! End to end, on the real local mesh (issue 4): stock Envoy 1.40 as the waypoint with
-//! dist/waypoint.wasm, host-shim ztunnels on both sides, a stock Envoy east-west gateway
-//! and the echo apps, all on loopback. Every test starts its own [`Topology`] (its own
-//! 127.x.0.0/16 block) and drops it at the end, which stops every process it started.
+//! its filters in each engine (every test runs as `<name>::wasm` with dist/waypoint.wasm
+//! and as `<name>::native` with dist/libwaypoint_native.so), host-shim ztunnels on both
+//! sides, a stock Envoy east-west gateway and the echo apps, all on loopback. Every test
+//! starts its own [`Topology`] (its own 127.x.0.0/16 block) and drops it at the end, which
+//! stops every process it started.
 //!
 //! ```text
 //! network-a (cluster1)                                      network-b (cluster2)
@@ -22,13 +24,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    CURL, ISTIO_LABELS, REQUESTS, assert_labels, echo_destination, metrics_after, metrics_when, start,
-    wait_for_counter, waypoint_counter,
+    CURL, ISTIO_LABELS, REQUESTS, assert_labels, echo_destination, for_both_engines, metrics_after, metrics_when,
+    start, wait_for_counter, waypoint_counter,
 };
 use harness::Options;
 use harness::http::{Connection, Reply};
 use harness::prom::{self, Sample};
-use harness::topology::{SERVICE_HOST, Topology};
+use harness::topology::{Engine, SERVICE_HOST, Topology};
 use harness::traffic::{self, Tally, service_host};
 use tokio::task::JoinHandle;
 
@@ -145,9 +147,9 @@ async fn wait_for_recovery(entry: SocketAddr, timeout: Duration) -> Tally {
 
 // ------------------------------------------------------------------ 1. the 25 labels
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_request_from_curl_to_the_other_network_carries_all_25_labels_from_both_peers_and_the_route() {
-    let t = start(Options::default()).await;
+for_both_engines!(a_request_from_curl_to_the_other_network_carries_all_25_labels_from_both_peers_and_the_route);
+async fn a_request_from_curl_to_the_other_network_carries_all_25_labels_from_both_peers_and_the_route(engine: Engine) {
+    let t = start(Options::with_engine(engine)).await;
 
     let reply = get(curl(&t), "/one", &[]).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -225,9 +227,9 @@ async fn a_request_from_curl_to_the_other_network_carries_all_25_labels_from_bot
     assert_no_waypoint_errors(&text);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_request_to_a_service_in_the_waypoints_own_network_goes_direct_and_names_both_peers() {
-    let t = start(Options::default()).await;
+for_both_engines!(a_request_to_a_service_in_the_waypoints_own_network_goes_direct_and_names_both_peers);
+async fn a_request_to_a_service_in_the_waypoints_own_network_goes_direct_and_names_both_peers(engine: Engine) {
+    let t = start(Options::with_engine(engine)).await;
     const REQUESTS_SENT: usize = 5;
     let mut connection = Connection::open(t.plan.local_outbound(t.plan.curl())).await.expect("ztunnel-a");
     for n in 0..REQUESTS_SENT {
@@ -270,9 +272,9 @@ async fn a_request_to_a_service_in_the_waypoints_own_network_goes_direct_and_nam
 
 // ------------------------------------------------------------------ 2. what the apps see
 
-#[tokio::test(flavor = "multi_thread")]
-async fn apps_never_see_mesh_metadata_and_their_own_baggage_passes_byte_for_byte() {
-    let t = start(Options::default()).await;
+for_both_engines!(apps_never_see_mesh_metadata_and_their_own_baggage_passes_byte_for_byte);
+async fn apps_never_see_mesh_metadata_and_their_own_baggage_passes_byte_for_byte(engine: Engine) {
+    let t = start(Options::with_engine(engine)).await;
     // The apps' own W3C baggage, one with properties, odd characters and keys that look like
     // mesh metadata (application data: never trusted, never changed), and a client with none.
     let clients: [(&str, Option<&str>); 3] = [
@@ -330,9 +332,9 @@ async fn apps_never_see_mesh_metadata_and_their_own_baggage_passes_byte_for_byte
 
 // ------------------------------------------------------------------ 3. double HBONE precision
 
-#[tokio::test(flavor = "multi_thread")]
-async fn behind_the_gateway_each_endpoints_served_count_equals_its_metric_series_exactly() {
-    let t = start(Options::default()).await;
+for_both_engines!(behind_the_gateway_each_endpoints_served_count_equals_its_metric_series_exactly);
+async fn behind_the_gateway_each_endpoints_served_count_equals_its_metric_series_exactly(engine: Engine) {
+    let t = start(Options::with_engine(engine)).await;
     const KEEP_ALIVE: usize = 4;
     const CHURNING: usize = 2;
     const REQUESTS_EACH: usize = 60;
@@ -405,9 +407,9 @@ async fn behind_the_gateway_each_endpoints_served_count_equals_its_metric_series
 
 // ------------------------------------------------------------------ 4. the gateway's view
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_waypoint_reaches_the_remote_service_directly_and_the_gateway_sees_only_its_outer_connect() {
-    let mut t = start(Options::default()).await;
+for_both_engines!(the_waypoint_reaches_the_remote_service_directly_and_the_gateway_sees_only_its_outer_connect);
+async fn the_waypoint_reaches_the_remote_service_directly_and_the_gateway_sees_only_its_outer_connect(engine: Engine) {
+    let mut t = start(Options::with_engine(engine)).await;
     let tally = sum(vec![
         spawn_client(curl(&t), 20, 4, headers(&[("baggage", "user=gateway-test")])),
         spawn_client(productpage(&t), 10, usize::MAX, traffic::sidecar_headers()),
@@ -481,9 +483,9 @@ fn stat(stats: &str, name: &str) -> u64 {
 
 // ------------------------------------------------------------------ 5. a sidecar client
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_sidecar_client_is_labelled_from_its_peer_metadata_header_which_never_reaches_the_app() {
-    let t = start(Options::default()).await;
+for_both_engines!(a_sidecar_client_is_labelled_from_its_peer_metadata_header_which_never_reaches_the_app);
+async fn a_sidecar_client_is_labelled_from_its_peer_metadata_header_which_never_reaches_the_app(engine: Engine) {
+    let t = start(Options::with_engine(engine)).await;
     const N: usize = 12;
     let tally = traffic::counting_client(productpage(&t), N, usize::MAX, traffic::sidecar_headers()).await;
     assert_eq!(tally.outcome().ok, N, "{tally:?}");
@@ -517,9 +519,9 @@ async fn a_sidecar_client_is_labelled_from_its_peer_metadata_header_which_never_
 
 // ------------------------------------------------------------------ 6. the switch
 
-#[tokio::test(flavor = "multi_thread")]
-async fn with_baggage_discovery_off_only_tls_identities_and_the_route_are_known_and_requests_succeed() {
-    let t = start(Options { baggage_discovery: false, ..Options::default() }).await;
+for_both_engines!(with_baggage_discovery_off_only_tls_identities_and_the_route_are_known_and_requests_succeed);
+async fn with_baggage_discovery_off_only_tls_identities_and_the_route_are_known_and_requests_succeed(engine: Engine) {
+    let t = start(Options { baggage_discovery: false, ..Options::with_engine(engine) }).await;
     const N: usize = 10;
     let tally = traffic::counting_client(curl(&t), N, usize::MAX, headers(&[("baggage", "user=switch-off")])).await;
     assert_eq!(tally.outcome().ok, N, "{tally:?}");
@@ -570,9 +572,13 @@ async fn with_baggage_discovery_off_only_tls_identities_and_the_route_are_known_
 
 // ------------------------------------------------------------------ 7. faults
 
-#[tokio::test(flavor = "multi_thread")]
-async fn with_the_destination_ztunnel_down_clients_get_503_counted_in_the_destination_cluster_until_it_returns() {
-    let mut t = start(Options::default()).await;
+for_both_engines!(
+    with_the_destination_ztunnel_down_clients_get_503_counted_in_the_destination_cluster_until_it_returns
+);
+async fn with_the_destination_ztunnel_down_clients_get_503_counted_in_the_destination_cluster_until_it_returns(
+    engine: Engine,
+) {
+    let mut t = start(Options::with_engine(engine)).await;
     let warm = traffic::counting_client(curl(&t), 5, usize::MAX, vec![]).await;
     assert_eq!(warm.outcome().ok, 5, "{warm:?}");
 
@@ -619,11 +625,13 @@ async fn with_the_destination_ztunnel_down_clients_get_503_counted_in_the_destin
     assert!(t.waypoint_running());
 }
 
+for_both_engines!(while_ztunnel_b_restarts_under_load_every_200_is_still_counted_against_the_endpoint_that_served_it);
 /// Tunnels fail and new ones open while requests are in flight on both workers: the
 /// tunnel table's tombstones must keep every answer bound to the tunnel that carried it.
-#[tokio::test(flavor = "multi_thread")]
-async fn while_ztunnel_b_restarts_under_load_every_200_is_still_counted_against_the_endpoint_that_served_it() {
-    let mut t = start(Options::default()).await;
+async fn while_ztunnel_b_restarts_under_load_every_200_is_still_counted_against_the_endpoint_that_served_it(
+    engine: Engine,
+) {
+    let mut t = start(Options::with_engine(engine)).await;
     let load_for = Duration::from_secs(4);
     let clients: Vec<JoinHandle<Tally>> = [usize::MAX, 1, 2, 5, usize::MAX, 1, 2, 5]
         .into_iter()
@@ -680,13 +688,13 @@ async fn while_ztunnel_b_restarts_under_load_every_200_is_still_counted_against_
     assert!(t.waypoint_running());
 }
 
+for_both_engines!(a_request_that_fails_upstream_still_arrived_over_mutual_tls_as_istio_reports_it);
 /// Istio's waypoint reporter (istio/proxy istio_stats.cc, `Reporter::ServerGateway`) sets
 /// `connection_security_policy` from the downstream connection alone: `mutual_tls` when it
 /// has both a peer and a local URI SAN, else `none`; never `unknown`. A request that
 /// reached the waypoint over HBONE and then failed upstream is still `mutual_tls` there.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_request_that_fails_upstream_still_arrived_over_mutual_tls_as_istio_reports_it() {
-    let mut t = start(Options::default()).await;
+async fn a_request_that_fails_upstream_still_arrived_over_mutual_tls_as_istio_reports_it(engine: Engine) {
+    let mut t = start(Options::with_engine(engine)).await;
     t.stop_ztunnel_b();
     let down = traffic::counting_client(curl(&t), 3, usize::MAX, vec![]).await;
     assert_eq!(down.by_status, BTreeMap::from([(503, 3)]), "{down:?}");
@@ -703,9 +711,9 @@ async fn a_request_that_fails_upstream_still_arrived_over_mutual_tls_as_istio_re
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn after_the_east_west_gateway_restarts_new_requests_succeed_with_full_labels() {
-    let mut t = start(Options::default()).await;
+for_both_engines!(after_the_east_west_gateway_restarts_new_requests_succeed_with_full_labels);
+async fn after_the_east_west_gateway_restarts_new_requests_succeed_with_full_labels(engine: Engine) {
+    let mut t = start(Options::with_engine(engine)).await;
     let warm = traffic::counting_client(curl(&t), 5, usize::MAX, vec![]).await;
     assert_eq!(warm.outcome().ok, 5, "{warm:?}");
 
@@ -744,9 +752,9 @@ async fn after_the_east_west_gateway_restarts_new_requests_succeed_with_full_lab
 
 // ------------------------------------------------------------------ 8. health and format
 
-#[tokio::test(flavor = "multi_thread")]
-async fn healthy_traffic_counts_no_waypoint_errors_and_prometheus_shows_istios_25_labels_in_order() {
-    let t = start(Options::default()).await;
+for_both_engines!(healthy_traffic_counts_no_waypoint_errors_and_prometheus_shows_istios_25_labels_in_order);
+async fn healthy_traffic_counts_no_waypoint_errors_and_prometheus_shows_istios_25_labels_in_order(engine: Engine) {
+    let t = start(Options::with_engine(engine)).await;
     let outcome = traffic::run_demo_load(&t, 4, 25, 10).await.expect("demo load");
     assert_eq!(outcome.failed, 0, "{outcome:?}");
     assert_eq!(outcome.ok, 4 * 25 + 10 + 25, "echo from 4 curl clients and the sidecar, ratings from curl");

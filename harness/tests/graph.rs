@@ -1,6 +1,6 @@
 //! The traffic picture (issue 12): built from literal Prometheus text, rendered by Graphviz
 //! `dot`, and read back from the SVG: which nodes, boxes, edges and labels it shows, where,
-//! and in which colour. Then the same from the real loopback mesh's waypoint.
+//! and in which colour. Then the same from the real loopback mesh's waypoint, in each engine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -9,8 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::for_both_engines;
 use harness::graph::TrafficGraph;
-use harness::topology::Topology;
+use harness::topology::{Engine, Topology};
 use harness::{Options, traffic};
 
 /// One `<g class="...">` of Graphviz's SVG: its title, its text lines, its colours and the
@@ -234,9 +235,9 @@ fn the_picture_shows_clusters_workloads_and_labelled_edges() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_picture_of_the_local_mesh_has_the_demo_edges() {
-    let mut topology: Topology = common::start(Options::default()).await;
+for_both_engines!(the_picture_of_the_local_mesh_has_the_demo_edges);
+async fn the_picture_of_the_local_mesh_has_the_demo_edges(engine: Engine) {
+    let mut topology: Topology = common::start(Options::with_engine(engine)).await;
     let started = std::time::Instant::now();
     // Each keep-alive client is one tunnel to one endpoint: repeat until curl reached both
     // echo pods (rounds of 2 x 10 to echo, 5 from the sidecar client, 10 to ratings).

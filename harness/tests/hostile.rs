@@ -1,5 +1,6 @@
 //! Hostile input through the real local mesh (issue 9): stock Envoy 1.40 as the waypoint
-//! with dist/waypoint.wasm and as the east-west gateway, host-shim ztunnels, on loopback.
+//! with its filters in each engine (`<name>::wasm`, `<name>::native`) and as the east-west
+//! gateway, host-shim ztunnels, on loopback.
 //! The attacker holds a mesh certificate (curl's, ns/frontend) and speaks HBONE itself
 //! ([`harness::hostile::HboneClient`]), or stands in for a destination ztunnel with the
 //! destination's real certificate ([`harness::hostile::ForgedDestination`]), or opens
@@ -10,17 +11,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::for_both_engines;
 use harness::Options;
 use harness::hostile::{self, ForgedDestination, ForgedPod, Grpc, HboneClient, HostileError, header};
 use harness::http::{Connection, Reply};
 use harness::prom::{self, Sample};
-use harness::topology::{PodHbone, Topology};
+use harness::topology::{Engine, PodHbone, Topology};
 use harness::traffic::{self, Tally};
 use http::{HeaderName, HeaderValue};
 use tokio::task::JoinHandle;
@@ -67,8 +71,8 @@ const RATINGS_DESTINATION: [(&str, &str); 8] = [
 
 // ------------------------------------------------------------------ helpers
 
-async fn start() -> Topology {
-    Topology::start(Options::default()).await.unwrap_or_else(|e| panic!("the mesh did not start: {e}"))
+async fn start(engine: Engine) -> Topology {
+    Topology::start(Options::with_engine(engine)).await.unwrap_or_else(|e| panic!("the mesh did not start: {e}"))
 }
 
 fn certs(t: &Topology) -> PathBuf {
@@ -178,9 +182,9 @@ async fn forged_requests(
 }
 
 /// The mesh with a waypoint whose plugins allow only `cap` label sets per worker.
-async fn start_with_label_set_cap(cap: usize) -> Topology {
+async fn start_with_label_set_cap(engine: Engine, cap: usize) -> Topology {
     let limits = waypoint_core::Limits { max_label_sets: cap, ..waypoint_core::Limits::default() };
-    Topology::start(Options { limits, ..Options::default() })
+    Topology::start(Options { limits, ..Options::with_engine(engine) })
         .await
         .unwrap_or_else(|e| panic!("the mesh did not start: {e}"))
 }
@@ -241,11 +245,15 @@ fn rendered_timeouts(config: &Path) -> BTreeMap<String, f64> {
 
 // ------------------------------------------------------------------ identity pinning (D1)
 
+for_both_engines!(
+    d1_a_destination_claiming_another_namespace_in_its_baggage_is_labelled_with_its_certificates_namespace
+);
 /// D1: a destination that holds ns/backend's certificate but claims kube-system in its
 /// CONNECT 200 baggage is labelled with the namespace of its certificate. The destinations
 /// are `hbone-peers` (no product code) in ztunnel-b's place, answering literal baggage.
-#[tokio::test(flavor = "multi_thread")]
-async fn d1_a_destination_claiming_another_namespace_in_its_baggage_is_labelled_with_its_certificates_namespace() {
+async fn d1_a_destination_claiming_another_namespace_in_its_baggage_is_labelled_with_its_certificates_namespace(
+    engine: Engine,
+) {
     let node_b = PodHbone::independent(&[
         (
             "echo-v1",
@@ -258,7 +266,7 @@ async fn d1_a_destination_claiming_another_namespace_in_its_baggage_is_labelled_
              service.name=echo,service.version=v2",
         ),
     ]);
-    let t = Topology::start(Options { node_b, ..Options::default() }).await.expect("the mesh starts");
+    let t = Topology::start(Options { node_b, ..Options::with_engine(engine) }).await.expect("the mesh starts");
     const N: usize = 6;
     let tally = traffic::counting_client(curl_entry(&t), N, 1, vec![]).await;
     assert_eq!(tally.outcome().ok, N, "{tally:?}");
@@ -286,11 +294,15 @@ async fn d1_a_destination_claiming_another_namespace_in_its_baggage_is_labelled_
     assert!(mismatches >= 1.0, "the contradiction is counted: {:?}", prom::samples(&text, ERRORS));
 }
 
+for_both_engines!(
+    a_source_claiming_another_namespace_in_its_connect_baggage_is_labelled_with_its_certificates_namespace
+);
 /// The same on the source side: curl's certificate (ns/frontend), CONNECT baggage that
 /// claims kube-system.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_source_claiming_another_namespace_in_its_connect_baggage_is_labelled_with_its_certificates_namespace() {
-    let t = start().await;
+async fn a_source_claiming_another_namespace_in_its_connect_baggage_is_labelled_with_its_certificates_namespace(
+    engine: Engine,
+) {
+    let t = start(engine).await;
     let client = attacker(&t).await;
     const N: usize = 4;
     let forged = baggage(
@@ -313,12 +325,12 @@ async fn a_source_claiming_another_namespace_in_its_connect_baggage_is_labelled_
     assert!(mismatches >= 1.0, "the contradiction is counted: {:?}", prom::samples(&text, ERRORS));
 }
 
+for_both_engines!(a_client_certificate_with_two_uri_sans_is_labelled_with_the_first);
 /// A client certificate with two URI SANs: the first counts, as in Istio (Envoy joins
 /// them with ","). The second root that signs it is added to the waypoint's trust bundle
 /// (the harness CA does not keep its key).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_client_certificate_with_two_uri_sans_is_labelled_with_the_first() {
-    let mut t = start().await;
+async fn a_client_certificate_with_two_uri_sans_is_labelled_with_the_first(engine: Engine) {
+    let mut t = start(engine).await;
     let dir = t.dir.join("two-sans");
     std::fs::create_dir_all(&dir).unwrap();
     let root_key = rcgen::KeyPair::generate().unwrap();
@@ -368,12 +380,12 @@ async fn a_client_certificate_with_two_uri_sans_is_labelled_with_the_first() {
 
 // ------------------------------------------------------------------ gRPC status (D2)
 
+for_both_engines!(d2_an_app_answering_201_distinct_grpc_statuses_makes_at_most_18_series_per_peer_pair);
 /// D2: an app answering 201 distinct grpc-status values makes at most 18 series for one
 /// pair of peers: 0..=16 as they are, anything else "-1" (Envoy's `Grpc::Status::InvalidCode`,
 /// which Istio prints; LEAD-BEHAVIOUR.md item 2).
-#[tokio::test(flavor = "multi_thread")]
-async fn d2_an_app_answering_201_distinct_grpc_statuses_makes_at_most_18_series_per_peer_pair() {
-    let mut t = start().await;
+async fn d2_an_app_answering_201_distinct_grpc_statuses_makes_at_most_18_series_per_peer_pair(engine: Engine) {
+    let mut t = start(engine).await;
     let forged = forge_echo_destination(&mut t, |workload| {
         let version = workload.trim_start_matches("echo-");
         format!(
@@ -418,12 +430,12 @@ async fn d2_an_app_answering_201_distinct_grpc_statuses_makes_at_most_18_series_
     }
 }
 
+for_both_engines!(an_app_forging_the_waypoints_stats_inputs_changes_no_label);
 /// An app cannot set the headers the waypoint's routes hand its stats filter: with no
 /// response baggage, the destination labels come from Envoy's endpoint metadata and the
 /// service from the route, never from the app's forged `x-wp-*` response headers.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_app_forging_the_waypoints_stats_inputs_changes_no_label() {
-    let mut t = start().await;
+async fn an_app_forging_the_waypoints_stats_inputs_changes_no_label(engine: Engine) {
+    let mut t = start(engine).await;
     let forged = forge_echo_destination_with(&mut t, |_| None).await;
     let tcp = tokio::net::TcpStream::connect(curl_entry(&t)).await.unwrap();
     let mut http = hostile::Http1::over(tcp).await.expect("HTTP/1.1 through ztunnel-a");
@@ -452,13 +464,13 @@ async fn an_app_forging_the_waypoints_stats_inputs_changes_no_label() {
 
 // ------------------------------------------------------------------ the label-set cap (D3)
 
+for_both_engines!(d3_past_the_label_set_cap_forged_peers_keep_their_verified_principal_and_namespace);
 /// D3: past a small `max_label_sets`, forged peers (one certificate, many claimed
 /// workloads) collapse only the labels no certificate vouches for; the principal and
 /// namespace stay; legit traffic keeps its full labels.
-#[tokio::test(flavor = "multi_thread")]
-async fn d3_past_the_label_set_cap_forged_peers_keep_their_verified_principal_and_namespace() {
+async fn d3_past_the_label_set_cap_forged_peers_keep_their_verified_principal_and_namespace(engine: Engine) {
     const CAP: usize = 20;
-    let t = start_with_label_set_cap(CAP).await;
+    let t = start_with_label_set_cap(engine, CAP).await;
     let ratings = t.plan.local_outbound(t.plan.curl());
     let before = traffic::counting_client_for(ratings, &traffic::local_service_host(), 5, usize::MAX, vec![]).await;
     assert_eq!(before.outcome().ok, 5, "{before:?}");
@@ -536,11 +548,11 @@ async fn d3_past_the_label_set_cap_forged_peers_keep_their_verified_principal_an
     }
 }
 
+for_both_engines!(d3_pod_churn_of_one_deployment_with_envoy_form_baggage_never_fills_the_cap);
 /// D3: 500 pods of one deployment, each with its own `k8s.instance.name` (Envoy-form
 /// baggage), all read as that deployment, even with a cap of 20 label sets.
-#[tokio::test(flavor = "multi_thread")]
-async fn d3_pod_churn_of_one_deployment_with_envoy_form_baggage_never_fills_the_cap() {
-    let t = start_with_label_set_cap(20).await;
+async fn d3_pod_churn_of_one_deployment_with_envoy_form_baggage_never_fills_the_cap(engine: Engine) {
+    let t = start_with_label_set_cap(engine, 20).await;
     const PODS: usize = 500;
     forged_requests(&t, PODS, 2, 16, |i| {
         baggage(&format!(
@@ -576,12 +588,12 @@ async fn d3_pod_churn_of_one_deployment_with_envoy_form_baggage_never_fills_the_
     assert!(series.len() <= 2, "one label set per worker at most: {}", series.len());
 }
 
+for_both_engines!(d3_one_identity_flooding_forged_peers_never_costs_another_identity_its_labels);
 /// D3: one identity flooding forged peers fills only its own share
 /// (`limits.max_peers_per_identity`, 256 by default): its further peers keep their
 /// principal and namespace, and another identity arriving afterwards is fully labelled.
-#[tokio::test(flavor = "multi_thread")]
-async fn d3_one_identity_flooding_forged_peers_never_costs_another_identity_its_labels() {
-    let t = start().await;
+async fn d3_one_identity_flooding_forged_peers_never_costs_another_identity_its_labels(engine: Engine) {
+    let t = start(engine).await;
     let target = hostile::FloodTarget {
         certs: certs(&t),
         identity: PRODUCTPAGE.to_owned(),
@@ -628,11 +640,11 @@ async fn d3_one_identity_flooding_forged_peers_never_costs_another_identity_its_
 
 // ------------------------------------------------------------------ D5 and garbled headers
 
+for_both_engines!(d5_a_space_in_the_legacy_header_is_never_read_as_baggage);
 /// D5: a space inside `x-envoy-peer-metadata` followed by baggage-like text is never read
 /// as baggage.
-#[tokio::test(flavor = "multi_thread")]
-async fn d5_a_space_in_the_legacy_header_is_never_read_as_baggage() {
-    let t = start().await;
+async fn d5_a_space_in_the_legacy_header_is_never_read_as_baggage(engine: Engine) {
+    let t = start(engine).await;
     let client = attacker(&t).await;
     let injected = header("x-envoy-peer-metadata", b"AAAA k8s.deployment.name=injected-via-legacy").unwrap();
     forged_request(&client, std::slice::from_ref(&injected), "/d5/alone").await;
@@ -660,11 +672,11 @@ async fn d5_a_space_in_the_legacy_header_is_never_read_as_baggage() {
     }
 }
 
+for_both_engines!(oversized_non_utf8_and_duplicate_baggage_read_unknown_with_the_certificates_identity);
 /// Oversized, non-UTF-8 and duplicated baggage on the CONNECT: the source reads unknown,
 /// with the principal and namespace of the certificate; Envoy keeps serving.
-#[tokio::test(flavor = "multi_thread")]
-async fn oversized_non_utf8_and_duplicate_baggage_read_unknown_with_the_certificates_identity() {
-    let t = start().await;
+async fn oversized_non_utf8_and_duplicate_baggage_read_unknown_with_the_certificates_identity(engine: Engine) {
+    let t = start(engine).await;
     let client = attacker(&t).await;
     let oversized = format!(
         "k8s.namespace.name=frontend,k8s.deployment.name=oversized,service.name=oversized,padding={}",
@@ -717,11 +729,11 @@ async fn oversized_non_utf8_and_duplicate_baggage_read_unknown_with_the_certific
     }
 }
 
+for_both_engines!(headers_over_envoys_size_limit_are_refused_and_envoy_keeps_serving);
 /// Headers past Envoy's limits never reach a 200 and never take Envoy down; legit
 /// traffic meanwhile keeps working.
-#[tokio::test(flavor = "multi_thread")]
-async fn headers_over_envoys_size_limit_are_refused_and_envoy_keeps_serving() {
-    let mut t = start().await;
+async fn headers_over_envoys_size_limit_are_refused_and_envoy_keeps_serving(engine: Engine) {
+    let mut t = start(engine).await;
     let mut refused = Vec::new();
     for (what, headers) in [
         ("one 100 KiB baggage", vec![header("baggage", "k=v,".repeat(25_000).as_bytes()).unwrap()]),
@@ -810,28 +822,28 @@ async fn assert_silent_connections_closed(
     assert_eq!(legit.outcome().failed, 0, "legit traffic while the slow connections were held: {legit:?}");
 }
 
+for_both_engines!(d4_slow_connections_to_the_waypoint_are_closed_and_legit_traffic_is_unaffected);
 /// D4 on the waypoint's :15008.
-#[tokio::test(flavor = "multi_thread")]
-async fn d4_slow_connections_to_the_waypoint_are_closed_and_legit_traffic_is_unaffected() {
-    let mut t = start().await;
+async fn d4_slow_connections_to_the_waypoint_are_closed_and_legit_traffic_is_unaffected(engine: Engine) {
+    let mut t = start(engine).await;
     let tls = hostile::client_tls(&certs(&t), CURL, &[WAYPOINT.to_owned()]).unwrap();
     assert_silent_connections_closed(&t, "waypoint", waypoint_hbone(&t), tls).await;
     assert!(t.waypoint_running());
 }
 
+for_both_engines!(d4_slow_connections_to_the_east_west_gateway_are_closed_and_legit_traffic_is_unaffected);
 /// D4 on the east-west gateway's :15008.
-#[tokio::test(flavor = "multi_thread")]
-async fn d4_slow_connections_to_the_east_west_gateway_are_closed_and_legit_traffic_is_unaffected() {
-    let t = start().await;
+async fn d4_slow_connections_to_the_east_west_gateway_are_closed_and_legit_traffic_is_unaffected(engine: Engine) {
+    let t = start(engine).await;
     let tls = hostile::client_tls(&certs(&t), WAYPOINT, &[GATEWAY.to_owned()]).unwrap();
     assert_silent_connections_closed(&t, "gateway", gateway_hbone(&t), tls).await;
 }
 
+for_both_engines!(a_long_lived_tunnel_carrying_traffic_every_second_outlives_the_idle_timeouts);
 /// A legit tunnel that carries a request every second is not idle: it outlives every
 /// idle timeout of the waypoint (HBONE straight to the waypoint, and through ztunnel-a).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_long_lived_tunnel_carrying_traffic_every_second_outlives_the_idle_timeouts() {
-    let t = start().await;
+async fn a_long_lived_tunnel_carrying_traffic_every_second_outlives_the_idle_timeouts(engine: Engine) {
+    let t = start(engine).await;
     let timeouts = rendered_timeouts(&t.dir.join("waypoint.yaml"));
     println!("waypoint timeouts as rendered: {timeouts:?}");
     // Longer than every idle/headers timeout configured (route and connect timeouts aside).

@@ -2,7 +2,8 @@
 //! 4 and 6): `hbone-peers`' HBONE destination in the place of ztunnel-b and of ztunnel-a's
 //! inbound for ratings-v1, and its HBONE client in the place of ztunnel-a. Every header
 //! they send is a literal (PROTOCOL.md §6, a real ztunnel 1.29's), every expected label a
-//! literal (PROTOCOL.md §4, /work/notes/LEAD-BEHAVIOUR.md).
+//! literal (PROTOCOL.md §4, /work/notes/LEAD-BEHAVIOUR.md). Every test runs for each engine
+//! of the waypoint's filters (`<name>::wasm`, `<name>::native`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -17,7 +18,7 @@ use harness::Options;
 use harness::curl::{self, Protocol};
 use harness::grpc::GrpcClient;
 use harness::prom::{self, Sample};
-use harness::topology::{GRPC_PORT, PodHbone, Topology};
+use harness::topology::{Engine, GRPC_PORT, PodHbone, Topology};
 use harness::traffic;
 use hbone_peers::{End, HboneClient, StreamRecord};
 use http_body_util::{BodyExt as _, Empty};
@@ -78,17 +79,17 @@ async fn http1_through_tunnel(stream: hbone_peers::TunnelStream, host: &str, pat
 
 // ------------------------------------------------------------------ 3. clean tunnel close
 
+for_both_engines!(every_tunnel_the_waypoint_opens_ends_cleanly_once_its_pool_is_idle);
 /// A real ztunnel counts a tunnel that ends in RST_STREAM with an error code as a failed
 /// connection (`response_flags="CONNECT"`). After the traffic, and past the waypoint's
 /// 2 s pool idle timeout, every tunnel it opened to a destination must have ended with
 /// END_STREAM both ways.
-#[tokio::test(flavor = "multi_thread")]
-async fn every_tunnel_the_waypoint_opens_ends_cleanly_once_its_pool_is_idle() {
+async fn every_tunnel_the_waypoint_opens_ends_cleanly_once_its_pool_is_idle(engine: Engine) {
     let t = start(Options {
         node_b: answering_ztunnels_baggage(&["echo-v1", "echo-v2"]),
         ratings: answering_ztunnels_baggage(&["ratings-v1"]),
         grpc: true,
-        ..Options::default()
+        ..Options::with_engine(engine)
     })
     .await;
     let curl_ip = t.plan.curl();
@@ -152,12 +153,16 @@ async fn every_tunnel_the_waypoint_opens_ends_cleanly_once_its_pool_is_idle() {
 
 // ------------------------------------------------------------------ 4. no response baggage
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_destination_that_sends_no_baggage_is_named_from_endpoint_metadata_here_and_from_its_identity_across() {
+for_both_engines!(
+    a_destination_that_sends_no_baggage_is_named_from_endpoint_metadata_here_and_from_its_identity_across
+);
+async fn a_destination_that_sends_no_baggage_is_named_from_endpoint_metadata_here_and_from_its_identity_across(
+    engine: Engine,
+) {
     let t = start(Options {
         node_b: PodHbone::independent_without_baggage(),
         ratings: PodHbone::independent_without_baggage(),
-        ..Options::default()
+        ..Options::with_engine(engine)
     })
     .await;
     const N: usize = 4;
@@ -260,9 +265,9 @@ async fn assert_outage_labels(t: &Topology, warm: usize, down: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn with_ztunnel_b_down_the_503s_name_the_destination_cluster_and_the_services_namespace() {
-    let mut t = start(Options::default()).await;
+for_both_engines!(with_ztunnel_b_down_the_503s_name_the_destination_cluster_and_the_services_namespace);
+async fn with_ztunnel_b_down_the_503s_name_the_destination_cluster_and_the_services_namespace(engine: Engine) {
+    let mut t = start(Options::with_engine(engine)).await;
     let warm = traffic::counting_client(t.plan.outbound(t.plan.curl()), 3, usize::MAX, vec![]).await;
     assert_eq!(warm.outcome().ok, 3, "{warm:?}");
     t.stop_ztunnel_b();
@@ -273,10 +278,11 @@ async fn with_ztunnel_b_down_the_503s_name_the_destination_cluster_and_the_servi
     assert_outage_labels(&t, 3, DOWN).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn with_the_independent_destinations_gone_the_503s_name_the_destination_cluster_too() {
+for_both_engines!(with_the_independent_destinations_gone_the_503s_name_the_destination_cluster_too);
+async fn with_the_independent_destinations_gone_the_503s_name_the_destination_cluster_too(engine: Engine) {
     let mut t =
-        start(Options { node_b: answering_ztunnels_baggage(&["echo-v1", "echo-v2"]), ..Options::default() }).await;
+        start(Options { node_b: answering_ztunnels_baggage(&["echo-v1", "echo-v2"]), ..Options::with_engine(engine) })
+            .await;
     let warm = traffic::counting_client(t.plan.outbound(t.plan.curl()), 2, usize::MAX, vec![]).await;
     assert_eq!(warm.outcome().ok, 2, "{warm:?}");
     t.stop_destinations();
@@ -289,15 +295,15 @@ async fn with_the_independent_destinations_gone_the_503s_name_the_destination_cl
 
 // ------------------------------------------------------------------ 6. independent client
 
+for_both_engines!(a_real_ztunnels_literal_headers_on_both_sides_give_all_25_labels);
 /// ztunnel-a replaced by `HboneClient` with the curl identity and a real ztunnel's literal
 /// request baggage; the destinations replaced by `HboneDestination`s answering a real
 /// ztunnel's literal response baggage. All 25 labels are checked as literals.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_real_ztunnels_literal_headers_on_both_sides_give_all_25_labels() {
+async fn a_real_ztunnels_literal_headers_on_both_sides_give_all_25_labels(engine: Engine) {
     let t = start(Options {
         node_b: answering_ztunnels_baggage(&["echo-v1", "echo-v2"]),
         ratings: answering_ztunnels_baggage(&["ratings-v1"]),
-        ..Options::default()
+        ..Options::with_engine(engine)
     })
     .await;
     let client = dial_waypoint_as_curl(&t).await;
@@ -399,13 +405,14 @@ async fn a_real_ztunnels_literal_headers_on_both_sides_give_all_25_labels() {
     }
 }
 
+for_both_engines!(the_waypoint_ends_a_client_tunnel_cleanly_whichever_side_finishes_first);
 /// The client side of a clean close, both orders: (a) the client ends first (its app is
 /// done after a keep-alive exchange: END_STREAM), (b) the inner HTTP/1.1 connection ends
 /// first (`connection: close`). Either way the waypoint must end the client's tunnel with
 /// END_STREAM, not a reset a ztunnel would count as a failed connection.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_waypoint_ends_a_client_tunnel_cleanly_whichever_side_finishes_first() {
-    let t = start(Options { ratings: answering_ztunnels_baggage(&["ratings-v1"]), ..Options::default() }).await;
+async fn the_waypoint_ends_a_client_tunnel_cleanly_whichever_side_finishes_first(engine: Engine) {
+    let t =
+        start(Options { ratings: answering_ztunnels_baggage(&["ratings-v1"]), ..Options::with_engine(engine) }).await;
     let client = dial_waypoint_as_curl(&t).await;
     let mut ends = Vec::new();
     for (case, connection, client_first) in

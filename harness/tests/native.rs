@@ -3,6 +3,10 @@
 //! engine prints, byte for byte: the same metric names, the same 25 labels in the same
 //! order, the same values. Every expected line is a literal (PROTOCOL.md §4 and §6).
 //!
+//! Every end-to-end scenario (e2e.rs, hostile.rs, independent_peers.rs, real_apps.rs,
+//! graph.rs) runs for both engines; what stays here is the comparison of both engines'
+//! lines and what only the native engine has (its refusal of a bad configuration).
+//!
 //! The upstream peer travels as with wasm: the upstream filter files the destination's
 //! CONNECT 200 under its tunnel's connection id, the stats filter finds it by the route's
 //! `%UPSTREAM_CONNECTION_ID%` (connection-id adjacency, envoy-configs/README.md). The
@@ -13,15 +17,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 use common::*;
 use harness::Options;
-use harness::grpc::GrpcClient;
 use harness::prom;
-use harness::topology::{Engine, GRPC_PORT, PodHbone, Topology};
-use harness::traffic;
+use harness::topology::{Engine, PodHbone, Topology};
 use hbone_peers::HboneClient;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
@@ -61,10 +61,6 @@ const EXPECTED_LINES: [&str; 2] = [
     ),
 ];
 
-fn with_engine(engine: Engine, options: Options) -> Options {
-    Options { engine, ..options }
-}
-
 /// One HTTP/1.1 request through an HBONE tunnel the test holds.
 async fn http1_through_tunnel(stream: hbone_peers::TunnelStream, host: &str, path: &str) -> u16 {
     let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
@@ -86,14 +82,11 @@ async fn literal_traffic(engine: Engine) -> String {
     let destinations = |pods: &[&str]| {
         PodHbone::independent(&pods.iter().map(|pod| (*pod, ZTUNNEL_RESPONSE_BAGGAGE)).collect::<Vec<_>>())
     };
-    let t = start(with_engine(
-        engine,
-        Options {
-            node_b: destinations(&["echo-v1", "echo-v2"]),
-            ratings: destinations(&["ratings-v1"]),
-            ..Options::default()
-        },
-    ))
+    let t = start(Options {
+        node_b: destinations(&["echo-v1", "echo-v2"]),
+        ratings: destinations(&["ratings-v1"]),
+        ..Options::with_engine(engine)
+    })
     .await;
     let client = HboneClient::dial(t.plan.waypoint_hbone(), &t.tls_files("frontend", "curl"), Some(WAYPOINT_PRINCIPAL))
         .await
@@ -130,73 +123,13 @@ async fn both_engines_print_the_same_istio_requests_total_lines_byte_for_byte() 
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn native_histograms_count_each_request_once_under_the_requests_labels() {
-    let t = start(with_engine(Engine::Native, Options::default())).await;
-    let outcome = traffic::run_demo_load(&t, 2, 10, 5).await.expect("demo load");
-    assert_eq!(outcome.failed, 0, "{outcome:?}");
-    metrics_after(&t, outcome.ok).await;
-    let histograms = ["istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"];
-    let text = metrics_when(&t, "the three histograms", |text| {
-        histograms.iter().all(|h| prom::total(text, &format!("{h}_count")) == outcome.ok as f64)
-    })
-    .await;
-    for h in histograms {
-        assert!(text.contains(&format!("# TYPE {h} histogram")), "{h} is a histogram");
-        for line in prom::raw_lines(&text, &format!("{h}_count")) {
-            assert_eq!(prom::label_names(line).unwrap(), ISTIO_LABELS, "{line}");
-        }
-    }
-    // Same label sets as the counter, request for request.
-    for s in prom::samples(&text, REQUESTS) {
-        let count = same_series(&text, "istio_request_duration_milliseconds_count", &s).expect("a duration series");
-        assert_eq!(count.value, s.value, "{:?}", s.labels);
-    }
-}
-
-/// The precision test of e2e.rs with the native engine: behind the east-west gateway
-/// one service address reaches two pods; per-endpoint request counts must equal the
-/// metric series exactly (connection-id adjacency holds in the native module too).
-#[tokio::test(flavor = "multi_thread")]
-async fn native_behind_the_gateway_each_endpoints_served_count_equals_its_metric_series_exactly() {
-    let t = start(with_engine(Engine::Native, Options::default())).await;
-    let entry = t.plan.outbound(t.plan.curl());
-    let mut clients = Vec::new();
-    for n in 0..3 {
-        let headers = vec![("baggage".to_owned(), traffic::app_baggage(n))];
-        clients.push(tokio::spawn(traffic::counting_client(entry, 40, usize::MAX, headers)));
-    }
-    // Connection churn: new CONNECTs and new tunnels every few requests.
-    for n in 0..2 {
-        let headers = vec![("baggage".to_owned(), traffic::app_baggage(10 + n))];
-        clients.push(tokio::spawn(traffic::counting_client(entry, 40, 3 + n, headers)));
-    }
-    let mut told = traffic::Tally::default();
-    for client in clients {
-        told = told + client.await.unwrap();
-    }
-    assert_eq!(told.outcome().failed, 0, "{told:?}");
-    assert_eq!(told.requests(), 5 * 40);
-    let served: BTreeMap<String, usize> = t.served().into_iter().collect();
-    assert_eq!(served, told.by_workload, "the apps' own counts and the replies agree");
-    assert!(served.len() == 2 && served.values().all(|n| *n > 0), "both endpoints got traffic: {served:?}");
-
-    let text = metrics_after(&t, 5 * 40).await;
-    let by_destination: BTreeMap<String, usize> =
-        prom::sum_by(&text, REQUESTS, "destination_workload").into_iter().map(|(k, v)| (k, v as usize)).collect();
-    assert_eq!(by_destination, served, "istio_requests_total per destination_workload equals what each pod served");
-    for s in prom::samples(&text, REQUESTS) {
-        assert_labels(&s, &CURL);
-        assert_labels(&s, &echo_destination(s.label("destination_workload")));
-    }
-}
-
 /// A plugin configuration the module cannot read: Envoy refuses the config with the
 /// module's one clear line, and exits as Envoy does on a bad config (status 1), not
-/// from a signal.
+/// from a signal. Native only: it reads the native module's own refusal line (the wasm
+/// module refuses a bad configuration inside its VM; wasm-tests covers that).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_plugin_configuration_is_refused_without_a_crash() {
-    let t: Topology = start(with_engine(Engine::Native, Options::default())).await;
+    let t: Topology = start(Options::with_engine(Engine::Native)).await;
     let good = std::fs::read_to_string(t.dir.join("waypoint.yaml")).unwrap();
     // Every role's filter_config holds the plugin JSON as a string; drop one of its colons.
     let key = "\\\"propagate_baggage\\\":";
@@ -223,25 +156,4 @@ async fn a_bad_plugin_configuration_is_refused_without_a_crash() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// gRPC through the native engine: status from the trailers, message counts from Envoy's
-/// grpc_stats filter state (a unary call: 1 and 1; a server stream of 3: 1 and 3).
-#[tokio::test(flavor = "multi_thread")]
-async fn native_grpc_reads_the_status_and_every_message_count() {
-    let t = start(with_engine(Engine::Native, Options { grpc: true, ..Options::default() })).await;
-    let entry = t.plan.grpc_outbound(t.plan.curl());
-    let mut client = GrpcClient::connect(entry, "grpc-echo.backend.svc.cluster.local", GRPC_PORT).await.expect("tonic");
-    client.unary("native", 0).await.expect("unary");
-    let (replies, _) = client.stream("native", 3).await.expect("server stream");
-    assert_eq!(replies.len(), 3);
-    let text = metrics_when(&t, "two gRPC requests and their messages", |text| {
-        prom::total(text, REQUESTS) == 2.0 && prom::total(text, RESPONSE_MESSAGES) == 4.0
-    })
-    .await;
-    assert_eq!(prom::total(&text, REQUEST_MESSAGES), 2.0);
-    for s in prom::samples(&text, REQUESTS) {
-        assert_labels(&s, &CURL);
-        assert_labels(&s, &[("request_protocol", "grpc"), ("response_code", "200"), ("grpc_response_status", "0")]);
-    }
 }

@@ -2,6 +2,7 @@
 //! client and server, and `/usr/bin/curl` over HTTP/1.1 and HTTP/2 (prior knowledge),
 //! across networks (double HBONE through the east-west gateway) and on the same network.
 //! Label expectations are literals (PROTOCOL.md §4, /work/notes/LEAD-BEHAVIOUR.md).
+//! Every test runs for each engine of the waypoint's filters (`<name>::wasm`, `<name>::native`).
 //!
 //! ```text
 //! tonic client / curl ─h2c or HTTP/1.1─▶ ztunnel-a ─HBONE─▶ waypoint ─double HBONE─▶ gateway ─▶ ztunnel-b ─▶ tonic / echo (echo-v1, echo-v2)
@@ -21,7 +22,8 @@ use harness::curl::{self, Protocol};
 use harness::grpc::{self, GrpcClient, GrpcSeen};
 use harness::prom::{self, Sample};
 use harness::topology::{
-    GRPC_LOCAL_SERVICE_HOST, GRPC_PORT, GRPC_SERVICE_HOST, LOCAL_SERVICE_HOST, SERVICE_HOST, SERVICE_PORT, Topology,
+    Engine, GRPC_LOCAL_SERVICE_HOST, GRPC_PORT, GRPC_SERVICE_HOST, LOCAL_SERVICE_HOST, SERVICE_HOST, SERVICE_PORT,
+    Topology,
 };
 use hyper::Version;
 use tonic::Code;
@@ -195,9 +197,11 @@ async fn assert_grpc_metrics(t: &Topology, route: &Route, expected: &Expected, p
     assert!(prom::samples(&text, REQUEST_MESSAGES).iter().all(|m| m.labels.len() == 25));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn grpc_across_networks_through_double_hbone_keeps_trailers_and_reads_every_status_and_message_count() {
-    let t = start(Options { grpc: true, ..Options::default() }).await;
+for_both_engines!(grpc_across_networks_through_double_hbone_keeps_trailers_and_reads_every_status_and_message_count);
+async fn grpc_across_networks_through_double_hbone_keeps_trailers_and_reads_every_status_and_message_count(
+    engine: Engine,
+) {
+    let t = start(Options { grpc: true, ..Options::with_engine(engine) }).await;
     let route = cross_network(&t);
     assert_eq!(route.host, GRPC_SERVICE_HOST);
     let expected = grpc_scenarios(&route).await;
@@ -205,9 +209,9 @@ async fn grpc_across_networks_through_double_hbone_keeps_trailers_and_reads_ever
     assert_grpc_metrics(&t, &route, &expected, &per_pod).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn grpc_on_the_waypoints_own_network_keeps_trailers_and_reads_every_status_and_message_count() {
-    let t = start(Options { grpc: true, ..Options::default() }).await;
+for_both_engines!(grpc_on_the_waypoints_own_network_keeps_trailers_and_reads_every_status_and_message_count);
+async fn grpc_on_the_waypoints_own_network_keeps_trailers_and_reads_every_status_and_message_count(engine: Engine) {
+    let t = start(Options { grpc: true, ..Options::with_engine(engine) }).await;
     let route = same_network(&t);
     assert_eq!(route.host, GRPC_LOCAL_SERVICE_HOST);
     let expected = grpc_scenarios(&route).await;
@@ -260,9 +264,9 @@ fn assert_http_series(s: &Sample, host: &str, service_name: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn curl_over_http1_and_http2_prior_knowledge_passes_both_ways_with_the_right_labels() {
-    let t = start(Options::default()).await;
+for_both_engines!(curl_over_http1_and_http2_prior_knowledge_passes_both_ways_with_the_right_labels);
+async fn curl_over_http1_and_http2_prior_knowledge_passes_both_ways_with_the_right_labels(engine: Engine) {
+    let t = start(Options::with_engine(engine)).await;
     let echo_host = format!("{SERVICE_HOST}:{SERVICE_PORT}");
     let ratings_host = format!("{LOCAL_SERVICE_HOST}:{SERVICE_PORT}");
     let cross = curl_both_protocols(t.plan.outbound(t.plan.curl()), &echo_host, &["echo-v1", "echo-v2"]).await;

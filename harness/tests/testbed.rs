@@ -7,6 +7,11 @@
 //! Every check runs and prints `ok` or `FAIL` with what it saw; the test fails at the end
 //! if any did, so one failure never hides the others' results.
 //!
+//! testbed.sh runs these checks once per engine of the waypoint's filters and names the
+//! engine it started in TESTBED_ENGINE (`wasm` or `native`; unset: the default engine);
+//! every line says which engine it checked, and one check reads the engine off the
+//! running waypoint's config.
+//!
 //! Observability as users run it: the target labels Kubernetes service discovery would
 //! attach (testbed/prometheus.yml), and the PromQL Kiali itself builds for its graph and
 //! detail charts (module `kiali`, each query citing its Kiali source), read the way Kiali
@@ -18,6 +23,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use harness::topology::Engine;
 use mesh::{Mesh, Workload};
 use serde_json::Value;
 
@@ -52,7 +58,13 @@ const FAST: u64 = 1000;
 #[ignore = "needs the Docker testbed: make testbed-test"]
 fn testbed() {
     let started = Instant::now();
-    let mut report = Report::default();
+    let engine_name = std::env::var("TESTBED_ENGINE").unwrap_or_else(|_| Engine::default().name().to_owned());
+    let mut report = Report { engine: engine_name.clone(), passed: 0, failed: Vec::new() };
+    let Some(engine) = Engine::parse(&engine_name) else {
+        report.check("TESTBED_ENGINE names an engine", Err(anyhow!("{engine_name:?} is neither wasm nor native")));
+        report.finish(started);
+        return;
+    };
     let tb = match Testbed::new() {
         Ok(tb) => tb,
         Err(e) => {
@@ -62,6 +74,7 @@ fn testbed() {
         }
     };
     report.check("containers up and healthy", tb.all_up());
+    report.check(&format!("the waypoint's filters run in the {} engine", engine.name()), waypoint_engine(engine));
     report.check("addresses of the mesh file are on their containers", tb.addresses());
     report.check("Prometheus scrapes the waypoint, the gateway and both ztunnels", tb.scrapes());
     report.check("two-sided istio_requests_total at the waypoint", tb.two_sided_labels());
@@ -141,23 +154,42 @@ fn picture() -> Result<String> {
     Ok(format!("{} ({} edges)", svg.display(), graph.edges.len()))
 }
 
+/// The HTTP filters of the waypoint's running config are the engine's, and none of the other's:
+/// their typed configs' full type URLs (the node's list of extensions names both engines'
+/// filters, with type URLs that lack the `type.googleapis.com/` prefix).
+fn waypoint_engine(engine: Engine) -> Result<String> {
+    let dump = docker(&["exec", WAYPOINT, "wget", "-q", "-O", "-", "http://10.251.1.100:15000/config_dump"])?;
+    let wasm = dump.matches("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\"").count();
+    let native = dump
+        .matches("type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter\"")
+        .count();
+    let (ours, other) = match engine {
+        Engine::Wasm => (wasm, native),
+        Engine::Native | Engine::NativeNoop => (native, wasm),
+    };
+    ensure!(ours > 0 && other == 0, "the config dump has {wasm} wasm and {native} dynamic-module filters");
+    Ok(format!("{ours} filters of the {} engine, none of the other", engine.name()))
+}
+
 // ------------------------------------------------------------------ report
 
-#[derive(Default)]
 struct Report {
+    /// The engine of the waypoint's filters these checks ran against.
+    engine: String,
     passed: usize,
     failed: Vec<String>,
 }
 
 impl Report {
     fn check(&mut self, name: &str, result: Result<String>) {
+        let engine = &self.engine;
         match result {
             Ok(detail) => {
                 self.passed += 1;
-                println!("testbed: ok   {name}: {detail}");
+                println!("testbed ({engine}): ok   {name}: {detail}");
             }
             Err(e) => {
-                println!("testbed: FAIL {name}: {e:#}");
+                println!("testbed ({engine}): FAIL {name}: {e:#}");
                 self.failed.push(name.to_owned());
             }
         }
@@ -165,12 +197,13 @@ impl Report {
 
     fn finish(self, started: Instant) {
         println!(
-            "testbed checks: {} passed, {} failed ({:.0}s)",
+            "testbed checks, {} engine: {} passed, {} failed ({:.0}s)",
+            self.engine,
             self.passed,
             self.failed.len(),
             started.elapsed().as_secs_f64()
         );
-        assert!(self.failed.is_empty(), "failed: {}", self.failed.join("; "));
+        assert!(self.failed.is_empty(), "{} engine failed: {}", self.engine, self.failed.join("; "));
     }
 }
 

@@ -81,7 +81,11 @@ enum Command {
         wasm: PathBuf,
         /// The filters' engine: `wasm`, `native` (dist/libwaypoint_native.so, loaded from
         /// ENVOY_DYNAMIC_MODULES_SEARCH_PATH) or `native-noop` (its do-nothing filter).
-        #[arg(long, default_value = "wasm", value_parser = ["wasm", "native", "native-noop"])]
+        #[arg(
+            long,
+            default_value = waypoint::Engine::DEFAULT.name(),
+            value_parser = clap::builder::PossibleValuesParser::new(waypoint::Engine::ALL.map(waypoint::Engine::name))
+        )]
         engine: String,
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,

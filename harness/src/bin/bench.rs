@@ -69,18 +69,22 @@ fn variants(noop_wasm: &Path) -> Vec<Variant> {
         Variant {
             name: "noop-wasm",
             what: "our config, a do-nothing proxy-wasm module in the three places",
-            options: Options { module: Some(noop_wasm.to_path_buf()), ..Options::default() },
+            options: Options { module: Some(noop_wasm.to_path_buf()), ..Options::with_engine(Engine::Wasm) },
         },
-        Variant { name: "wasm", what: "our config with dist/waypoint.wasm", options: Options::default() },
+        Variant {
+            name: "wasm",
+            what: "our config with dist/waypoint.wasm",
+            options: Options::with_engine(Engine::Wasm),
+        },
         Variant {
             name: "noop-native",
             what: "our config, the native module's do-nothing filter in the three places",
-            options: Options { engine: Engine::NativeNoop, ..Options::default() },
+            options: Options::with_engine(Engine::NativeNoop),
         },
         Variant {
             name: "native",
             what: "our config with dist/libwaypoint_native.so (the native engine)",
-            options: Options { engine: Engine::Native, ..Options::default() },
+            options: Options::with_engine(Engine::Native),
         },
     ]
 }

@@ -16,13 +16,13 @@ const SIDECAR_REQUESTS: usize = 10;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // `make demo ENGINE=native`: the waypoint's filters as the native dynamic module.
-    let engine_name = std::env::var("ENGINE").unwrap_or_else(|_| "wasm".to_owned());
+    let engine_name = std::env::var("ENGINE").unwrap_or_else(|_| Engine::DEFAULT.name().to_owned());
     let engine = Engine::parse(&engine_name).context("ENGINE is wasm, native or native-noop")?;
     let module = if engine == Engine::Wasm { "waypoint.wasm" } else { "libwaypoint_native.so" };
     println!(
         "starting the mesh: ztunnel-a, waypoint (Envoy 1.40 + {module}), east-west gateway, ztunnel-b, echo-v1, echo-v2"
     );
-    let topology = Topology::start(Options { engine, ..Options::default() }).await.context("starting the mesh")?;
+    let topology = Topology::start(Options::with_engine(engine)).await.context("starting the mesh")?;
     println!("run directory (configs, certificates, logs): {}", topology.dir.display());
     tokio::select! {
         result = run(&topology) => result,

@@ -10,6 +10,28 @@ use harness::Options;
 use harness::prom::{self, Sample};
 use harness::topology::Topology;
 
+/// One end-to-end scenario for both engines of the waypoint's filters: after
+/// `for_both_engines!(name);` an `async fn name(engine: Engine)` runs as the two tests
+/// `name::wasm` and `name::native`, so a failure names the engine it failed on.
+#[allow(unused_macros, reason = "native.rs, which compares the engines, has no scenario for both")]
+macro_rules! for_both_engines {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn wasm() {
+                super::$scenario(harness::topology::Engine::Wasm).await
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn native() {
+                super::$scenario(harness::topology::Engine::Native).await
+            }
+        }
+    };
+}
+#[allow(unused_imports, reason = "native.rs, which compares the engines, has no scenario for both")]
+pub(crate) use for_both_engines;
+
 /// Istio's waypoint labels, in Istio's order (PROTOCOL.md §4).
 pub const ISTIO_LABELS: [&str; 25] = [
     "reporter",
