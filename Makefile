@@ -71,8 +71,8 @@ bench: build
 	$(CARGO) build --release -q -p noop-filter --target wasm32-wasip1
 	@mkdir -p target/bench
 	@# The tunnel first, on the quieter machine; the harness bench puts its figures in results.json.
-	TUNNEL_RESULT=target/bench/tunnel.json $(CARGO) bench -q -p host-shim --bench tunnel
-	TUNNEL_RESULT=target/bench/tunnel.json $(CARGO) run --release -q -p harness --bin bench
+	TUNNEL_RESULT=$(CURDIR)/target/bench/tunnel.json $(CARGO) bench -q -p host-shim --bench tunnel
+	TUNNEL_RESULT=$(CURDIR)/target/bench/tunnel.json $(CARGO) run --release -q -p harness --bin bench
 	@# Only when the wall phase wrote a new plot (BENCH_PHASES=callgrind writes none).
 	if [[ bench/latency.svg -nt bench/latency.png ]]; then rsvg-convert bench/latency.svg -o bench/latency.png; fi
 
