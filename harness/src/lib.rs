@@ -4,6 +4,7 @@
 //! - [`topology`]: the address plan, the mesh file, and every process;
 //! - [`process`]: child processes that never outlive the harness;
 //! - [`callgrind`]: instruction counts of a process under valgrind (the benchmark);
+//! - [`loadgen`]: h2load, the benchmark's load generator; [`plot`]: its latency plot (SVG);
 //! - [`apps`]: the echo servers behind the service (HTTP/1.1 and h2c);
 //! - [`grpc`]: a tonic server and client (the gRPC services); [`curl`]: `/usr/bin/curl` as a client app;
 //! - [`http`]: a small HTTP/1.1 client; [`prom`]: reads Prometheus text;
@@ -19,6 +20,8 @@ pub mod graph;
 pub mod grpc;
 pub mod hostile;
 pub mod http;
+pub mod loadgen;
+pub mod plot;
 pub mod process;
 pub mod prom;
 pub mod topology;

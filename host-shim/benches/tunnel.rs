@@ -5,6 +5,8 @@
 //!   tls:    client task → mTLS (TLS 1.3, same identities) → sink task
 //!
 //! Run: `cargo bench -p host-shim --bench tunnel` (optional argument: MiB per run, default 256).
+//! With `TUNNEL_RESULT=<file>` (as `make bench` runs it) the figures also go to that
+//! file as JSON, for the harness bench to put in `bench/results.json` and its tables.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::net::SocketAddr;
@@ -80,6 +82,15 @@ async fn bench(mib: usize) {
     println!("  plain rustls TLS stream : {:8.1} MiB/s", rate(plain));
     println!("  HBONE tunnel (2 shims)  : {:8.1} MiB/s", rate(tunnel));
     println!("  tunnel / TLS ratio      : {:8.2}", rate(tunnel) / rate(plain));
+    if let Some(file) = std::env::var_os("TUNNEL_RESULT") {
+        let figures = serde_json::json!({
+            "mib": mib,
+            "runs": RUNS,
+            "plain_mib_per_s": rate(plain),
+            "tunnel_mib_per_s": rate(tunnel),
+        });
+        std::fs::write(&file, figures.to_string() + "\n").unwrap();
+    }
 }
 
 /// Writes `bytes`, half-closes, and waits for the sink's byte count: the time

@@ -10,12 +10,21 @@
 //!    process, and subtracted. Where our module's instructions above the do-nothing
 //!    module go is read from the same dumps: V8's generated code, host calls, VM
 //!    entries, Envoy's own code;
-//! 2. wall-clock CPU per request, requests/s and p99 latency of the same clients
-//!    without valgrind, medians of [`ROUNDS`] rotating rounds (noisy).
+//! 2. the wall clock without valgrind, [`ROUNDS`] rounds, the order of the variants
+//!    rotating each round (noisy: medians, min-max): from the load generator
+//!    ([`loadgen`], h2load) on keep-alive connections to the same client entry,
+//!    requests/s at saturation with 1 and with 64 connections and the waypoint's CPU
+//!    per request in both, p50/p99 at one fixed moderate rate for every variant
+//!    ([`FIXED_RATE_SHARE`] of plain's one-connection saturation), plotted to
+//!    `bench/latency.svg`; from the harness's own clients with a new connection every
+//!    10 requests, CPU per request, requests/s and p99; the waypoint's RSS;
+//! 3. with `TUNNEL_RESULT=<file>` (`make bench` runs `cargo bench -p host-shim --bench
+//!    tunnel` first, which writes it): the HBONE tunnel against a plain rustls stream.
 //!
-//! Both for keep-alive clients and for a new client connection (hence a new HBONE
-//! CONNECT and new tunnels) every 10 requests. Prints markdown (BENCHMARKS.md takes
-//! it as is) and writes `bench/results.json`.
+//! The callgrind phase counts both for keep-alive clients and for a new client
+//! connection (hence a new HBONE CONNECT and new tunnels) every 10 requests. Prints
+//! markdown, ratios first (BENCHMARKS.md takes it as is), and writes
+//! `bench/results.json`.
 //!
 //! `BENCH_VARIANTS=plain,native` measures only those variants.
 //! `BENCH_PHASES=callgrind` or `=wall` runs one phase; `BENCH_REPEATS` overrides
@@ -30,6 +39,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use harness::callgrind::{self, Callgrind, Function, GENERATED, Profile};
 use harness::http::Connection;
+use harness::loadgen;
+use harness::plot::{self, Series};
 use harness::topology::{Engine, Options, Topology, workspace_root};
 use harness::traffic;
 
@@ -45,9 +56,21 @@ const REPEATS: usize = 3;
 const SETTLE_ATTEMPTS: usize = 10;
 /// How long the idle process is counted to measure its timers' rate.
 const IDLE: Duration = Duration::from_secs(5);
-/// Wall-clock rounds per variant and shape, the order rotating.
-const ROUNDS: usize = 9;
-/// Concurrent client connections, each making its share of a round's requests.
+/// Wall-clock rounds per variant, the order rotating.
+const ROUNDS: usize = 5;
+/// The load generator's keep-alive connections for the two saturation figures.
+const SATURATION_CONNECTIONS: [usize; 2] = [1, 64];
+const SATURATION_RUN: Duration = Duration::from_secs(3);
+/// The fixed rate, the same for every variant: this share of plain's requests/s with
+/// one connection, measured once before the rounds.
+const FIXED_RATE_SHARE: f64 = 0.4;
+/// Connections the fixed rate is spread over.
+const FIXED_RATE_CONNECTIONS: usize = 4;
+const FIXED_RATE_RUN: Duration = Duration::from_secs(4);
+/// The load generator's run on each mesh before the rounds: tunnels, pools, VM tier-up.
+const WARM_UP_RUN: Duration = Duration::from_secs(2);
+/// The harness's concurrent clients (callgrind, and the wall clock's churn rounds),
+/// each making its share of a round's requests.
 const CLIENTS: usize = 4;
 const REQUESTS_PER_ROUND: usize = 1_600;
 
@@ -131,13 +154,31 @@ struct Counted {
     profile: Profile,
 }
 
-/// One variant's wall-clock figures for one shape, one entry per round.
+/// One variant's wall-clock figures, one entry per round.
 #[derive(Default)]
 struct Timed {
-    cpu_us: Vec<f64>,
-    rps: Vec<f64>,
+    /// The waypoint's CPU per request at saturation, µs, per [`SATURATION_CONNECTIONS`].
+    cpu_us: [Vec<f64>; 2],
+    /// Requests/s at saturation, per [`SATURATION_CONNECTIONS`].
+    rps: [Vec<f64>; 2],
+    /// Latencies at the fixed rate: each round's p50 and p99, ms, and all of them.
+    p50_ms: Vec<f64>,
     p99_ms: Vec<f64>,
-    rss_mib: f64,
+    fixed_rate_latencies: Vec<Duration>,
+    /// The harness's clients, a new connection every 10 requests.
+    churn_cpu_us: Vec<f64>,
+    churn_rps: Vec<f64>,
+    churn_p99_ms: Vec<f64>,
+    /// The waypoint's resident memory after each round, MiB.
+    rss_mib: Vec<f64>,
+}
+
+/// What the wall-clock phase measured, and at which fixed rate.
+struct Wall {
+    timed: BTreeMap<usize, Timed>,
+    fixed_rate: u32,
+    calibration_rps: f64,
+    generator: String,
 }
 
 #[tokio::main]
@@ -157,21 +198,36 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .filter(|v| selected.as_deref().is_none_or(|names| names.split(',').any(|name| name == v.name)))
         .collect();
-    let mut out = String::new();
+    // Read first: a missing or broken file fails the run before the long phases.
+    let tunnel = match std::env::var_os("TUNNEL_RESULT") {
+        Some(file) => Some(Tunnel::read(Path::new(&file))?),
+        None => None,
+    };
+    let mut details = String::new();
     let mut results = serde_json::Map::new();
+    if phases.contains("callgrind") {
+        let counted = count_instructions(&variants, repeats).await?;
+        report_instructions(&mut details, &mut results, &variants, &counted, repeats);
+        report_profile(&mut details, &variants, &counted);
+    }
+    if phases.contains("wall") {
+        let wall = time_requests(&variants).await?;
+        report_wall(&mut details, &mut results, &variants, &wall);
+        let svg = root.join("bench/latency.svg");
+        std::fs::create_dir_all(root.join("bench"))?;
+        std::fs::write(&svg, latency_plot(&variants, &wall))?;
+        let _ = writeln!(details, "Latency distributions at the fixed rate: [bench/latency.svg](bench/latency.svg).\n");
+    }
+    if let Some(tunnel) = &tunnel {
+        report_tunnel(&mut details, &mut results, tunnel);
+    }
+    let mut out = String::new();
     let _ = writeln!(out, "Machine: {}\n", machine());
     for v in &variants {
         let _ = writeln!(out, "- `{}`: {}", v.name, v.what);
     }
-    if phases.contains("callgrind") {
-        let counted = count_instructions(&variants, repeats).await?;
-        report_instructions(&mut out, &mut results, &variants, &counted, repeats);
-        report_profile(&mut out, &variants, &counted);
-    }
-    if phases.contains("wall") {
-        let timed = time_requests(&variants).await?;
-        report_wall(&mut out, &mut results, &variants, &timed);
-    }
+    report_ratios(&mut out, &results, &variants);
+    out.push_str(&details);
     println!("{out}");
     let file = root.join("bench/results.json");
     std::fs::create_dir_all(root.join("bench"))?;
@@ -436,95 +492,304 @@ fn short(name: &str) -> String {
 
 // ------------------------------------------------------------------ wall clock
 
-async fn time_requests(variants: &[Variant]) -> anyhow::Result<BTreeMap<(usize, Shape), Timed>> {
+async fn time_requests(variants: &[Variant]) -> anyhow::Result<Wall> {
+    let generator = loadgen::version().await.context("the load generator (make bench installs nghttp2-client)")?;
     let mut meshes = Vec::new();
     for v in variants {
         meshes.push(Topology::start(v.options.clone()).await.with_context(|| format!("starting the {} mesh", v.name))?);
     }
-    let mut timed: BTreeMap<(usize, Shape), Timed> = BTreeMap::new();
-    for shape in SHAPES {
-        eprintln!("wall clock: {}", shape.name());
-        for mesh in &meshes {
-            load(mesh, shape, REQUESTS_PER_ROUND).await?;
-        }
-        for round in 0..ROUNDS {
-            for k in 0..meshes.len() {
-                let i = (k + round) % meshes.len();
-                let Some(mesh) = meshes.get(i) else { continue };
-                let before = mesh.waypoint_cpu_time().context("reading the waypoint's CPU time")?;
-                let started = Instant::now();
-                let mut latencies = load(mesh, shape, REQUESTS_PER_ROUND).await?;
-                let wall = started.elapsed().as_secs_f64();
-                let cpu = mesh.waypoint_cpu_time().context("reading the waypoint's CPU time")?.saturating_sub(before);
-                latencies.sort();
-                let t = timed.entry((i, shape)).or_default();
-                t.cpu_us.push(cpu.as_secs_f64() * 1e6 / REQUESTS_PER_ROUND as f64);
-                t.rps.push(REQUESTS_PER_ROUND as f64 / wall);
-                let p99 = latencies.get(latencies.len() * 99 / 100).copied().unwrap_or_default();
-                t.p99_ms.push(p99.as_secs_f64() * 1e3);
+    eprintln!("wall clock: warm-up");
+    let [c1, c64] = SATURATION_CONNECTIONS;
+    for mesh in &meshes {
+        saturate(mesh, c64, WARM_UP_RUN).await?;
+        load(mesh, Shape::Churn, REQUESTS_PER_ROUND).await?;
+    }
+    // The first variant is the baseline: plain, unless BENCH_VARIANTS leaves it out.
+    let baseline = meshes.first().context("no variant selected")?;
+    let calibration_rps = saturate(baseline, c1, SATURATION_RUN).await?.0.per_second;
+    let per_connection = (calibration_rps * FIXED_RATE_SHARE / FIXED_RATE_CONNECTIONS as f64).round().max(1.0) as u32;
+    let fixed_rate = per_connection * FIXED_RATE_CONNECTIONS as u32;
+    eprintln!("wall clock: {calibration_rps:.0} requests/s with one connection, fixed rate {fixed_rate}/s");
+    let mut timed: BTreeMap<usize, Timed> = BTreeMap::new();
+    for round in 0..ROUNDS {
+        eprintln!("wall clock: round {}/{ROUNDS}", round + 1);
+        for k in 0..meshes.len() {
+            let i = (k + round) % meshes.len();
+            let Some(mesh) = meshes.get(i) else { continue };
+            let t = timed.entry(i).or_default();
+            for (n, connections) in SATURATION_CONNECTIONS.into_iter().enumerate() {
+                let (outcome, cpu) = saturate(mesh, connections, SATURATION_RUN).await?;
+                if let (Some(cpu_us), Some(rps)) = (t.cpu_us.get_mut(n), t.rps.get_mut(n)) {
+                    cpu_us.push(cpu.as_secs_f64() * 1e6 / outcome.requests as f64);
+                    rps.push(outcome.per_second);
+                }
             }
-        }
-        for (i, mesh) in meshes.iter().enumerate() {
+            let outcome = generate(mesh, FIXED_RATE_CONNECTIONS, FIXED_RATE_RUN, Some(per_connection)).await?;
+            let ms = sorted_ms(&outcome.latencies);
+            t.p50_ms.push(plot::quantile(&ms, 0.5));
+            t.p99_ms.push(plot::quantile(&ms, 0.99));
+            t.fixed_rate_latencies.extend(outcome.latencies);
+
+            let before = mesh.waypoint_cpu_time().context("reading the waypoint's CPU time")?;
+            let started = Instant::now();
+            let latencies = load(mesh, Shape::Churn, REQUESTS_PER_ROUND).await?;
+            let wall = started.elapsed().as_secs_f64();
+            let cpu = mesh.waypoint_cpu_time().context("reading the waypoint's CPU time")?.saturating_sub(before);
+            t.churn_cpu_us.push(cpu.as_secs_f64() * 1e6 / REQUESTS_PER_ROUND as f64);
+            t.churn_rps.push(REQUESTS_PER_ROUND as f64 / wall);
+            t.churn_p99_ms.push(plot::quantile(&sorted_ms(&latencies), 0.99));
+
             let rss = mesh.memory().into_iter().find(|(name, _)| name == "waypoint").map(|(_, b)| b).unwrap_or(0);
-            timed.entry((i, shape)).or_default().rss_mib = rss as f64 / (1024.0 * 1024.0);
+            t.rss_mib.push(rss as f64 / (1024.0 * 1024.0));
         }
     }
-    Ok(timed)
+    Ok(Wall { timed, fixed_rate, calibration_rps, generator })
+}
+
+/// The load generator as fast as the mesh answers: what it measured and the
+/// waypoint's CPU time meanwhile.
+async fn saturate(
+    mesh: &Topology,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<(loadgen::Outcome, Duration)> {
+    let before = mesh.waypoint_cpu_time().context("reading the waypoint's CPU time")?;
+    let outcome = generate(mesh, connections, duration, None).await?;
+    let cpu = mesh.waypoint_cpu_time().context("reading the waypoint's CPU time")?.saturating_sub(before);
+    Ok((outcome, cpu))
+}
+
+/// The load generator on keep-alive connections to the entry the harness's clients
+/// use (ztunnel-a's outbound listener for curl), the same requests as theirs.
+async fn generate(
+    mesh: &Topology,
+    connections: usize,
+    duration: Duration,
+    rate_per_connection: Option<u32>,
+) -> anyhow::Result<loadgen::Outcome> {
+    let run = loadgen::Run {
+        entry: mesh.plan.outbound(mesh.plan.curl()),
+        authority: traffic::service_host(),
+        path: "/request/load".to_owned(),
+        headers: vec![("baggage".to_owned(), traffic::app_baggage(0))],
+        connections,
+        duration,
+        rate_per_connection,
+        log: workspace_root().join("target/bench/h2load.log"),
+    };
+    Ok(run.run().await?)
+}
+
+fn sorted_ms(latencies: &[Duration]) -> Vec<f64> {
+    let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    ms
 }
 
 fn report_wall(
     out: &mut String,
     results: &mut serde_json::Map<String, serde_json::Value>,
     variants: &[Variant],
-    timed: &BTreeMap<(usize, Shape), Timed>,
+    wall: &Wall,
 ) {
+    let Some(plain) = wall.timed.get(&0) else { return };
+    let [c1, c64] = SATURATION_CONNECTIONS;
     let _ = writeln!(
         out,
-        "\n### Wall clock (noisy: medians of {ROUNDS} rotating rounds of {REQUESTS_PER_ROUND} requests from \
-         {CLIENTS} concurrent clients; min-max in brackets)\n"
+        "\n### Wall clock (noisy: medians of {ROUNDS} rounds, the order of the variants rotating each round; \
+         min-max in brackets)\n\n\
+         Load generator: `{}`, HTTP/1.1 keep-alive connections to curl's entry (ztunnel-a). Saturation: \
+         {} s runs with {c1} and with {c64} connections, the waypoint's CPU per request in each. Fixed rate: \
+         **{} requests/s** for every variant ({:.0} % of the {:.0} requests/s of `{}` with one connection in a \
+         calibration run), {FIXED_RATE_CONNECTIONS} connections, {} s per round.\n",
+        wall.generator,
+        SATURATION_RUN.as_secs(),
+        wall.fixed_rate,
+        FIXED_RATE_SHARE * 100.0,
+        wall.calibration_rps,
+        variants.first().map(|v| v.name).unwrap_or_default(),
+        FIXED_RATE_RUN.as_secs(),
     );
-    for shape in SHAPES {
-        let Some(plain) = timed.get(&(0, shape)) else { continue };
-        let _ = writeln!(out, "{}:\n", shape.name());
+    let _ = writeln!(
+        out,
+        "| variant | requests/s, {c1} connection | requests/s, {c64} connections | p50 ms at {r}/s | p99 ms at {r}/s | \
+         CPU µs/request, {c1} conn. | CPU µs/request, {c64} conn. | RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|",
+        r = wall.fixed_rate
+    );
+    for (i, v) in variants.iter().enumerate() {
+        let Some(t) = wall.timed.get(&i) else { continue };
+        let [cpu1, cpu64] = &t.cpu_us;
+        let [rps1, rps64] = &t.rps;
         let _ = writeln!(
             out,
-            "| variant | CPU µs/request | × plain | requests/s | × plain | p99 ms | × plain | RSS MiB |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|"
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            v.name,
+            spread_cell(rps1, 0),
+            spread_cell(rps64, 0),
+            spread_cell(&t.p50_ms, 2),
+            spread_cell(&t.p99_ms, 2),
+            spread_cell(cpu1, 1),
+            spread_cell(cpu64, 1),
+            spread_cell(&t.rss_mib, 0)
         );
-        for (i, v) in variants.iter().enumerate() {
-            let Some(t) = timed.get(&(i, shape)) else { continue };
-            let cell = |x: &[f64], base: &[f64]| {
-                format!("{:.1} ({:.1}-{:.1}) | {:.2}", median(x), min(x), max(x), median(x) / median(base))
-            };
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {:.0} |",
-                v.name,
-                cell(&t.cpu_us, &plain.cpu_us),
-                cell(&t.rps, &plain.rps),
-                cell(&t.p99_ms, &plain.p99_ms),
-                t.rss_mib
-            );
+        let ([plain_cpu1, plain_cpu64], [plain_rps1, plain_rps64]) = (&plain.cpu_us, &plain.rps);
+        // (the median's name, its ratio's name, this variant's samples, plain's)
+        let figures = [
+            ("rps_c1", "rps_ratio_c1", rps1, plain_rps1),
+            ("rps_c64", "rps_ratio_c64", rps64, plain_rps64),
+            ("p50_ms", "p50_ratio", &t.p50_ms, &plain.p50_ms),
+            ("p99_ms", "p99_ratio", &t.p99_ms, &plain.p99_ms),
+            ("cpu_us_c1", "cpu_ratio_keepalive", cpu1, plain_cpu1),
+            ("cpu_us_c64", "cpu_ratio_c64", cpu64, plain_cpu64),
+            ("rss_mib", "rss_ratio", &t.rss_mib, &plain.rss_mib),
+            ("cpu_us_churn", "cpu_ratio_churn", &t.churn_cpu_us, &plain.churn_cpu_us),
+            ("rps_churn", "rps_ratio_churn", &t.churn_rps, &plain.churn_rps),
+            ("p99_ms_churn", "p99_ratio_churn", &t.churn_p99_ms, &plain.churn_p99_ms),
+        ];
+        for (absolute, ratio, x, base) in figures {
+            results.insert(format!("{}_{absolute}", v.name), median(x).into());
             if i > 0 {
-                let key = |what: &str| format!("{}_{what}_ratio_{}", v.name, shape.key());
-                results.insert(key("cpu"), (median(&t.cpu_us) / median(&plain.cpu_us)).into());
-                results.insert(key("rps"), (median(&t.rps) / median(&plain.rps)).into());
-                results.insert(key("p99"), (median(&t.p99_ms) / median(&plain.p99_ms)).into());
+                results.insert(format!("{}_{ratio}", v.name), (median(x) / median(base)).into());
             }
         }
-        let _ = writeln!(out);
     }
+    results.insert("fixed_rate_rps".to_owned(), wall.fixed_rate.into());
+    let _ = writeln!(
+        out,
+        "\nNew connection every 10 requests ({CLIENTS} concurrent clients of the harness, {REQUESTS_PER_ROUND} \
+         requests per round):\n\n\
+         | variant | CPU µs/request | requests/s | p99 ms |\n|---|---:|---:|---:|"
+    );
+    for (i, v) in variants.iter().enumerate() {
+        let Some(t) = wall.timed.get(&i) else { continue };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            v.name,
+            spread_cell(&t.churn_cpu_us, 1),
+            spread_cell(&t.churn_rps, 0),
+            spread_cell(&t.churn_p99_ms, 2)
+        );
+    }
+    let _ = writeln!(out);
     for (to, from) in [
         ("waypoint_cpu_ratio", "wasm_cpu_ratio_keepalive"),
-        ("waypoint_rps_ratio_c4", "wasm_rps_ratio_keepalive"),
-        ("waypoint_p99_ratio", "wasm_p99_ratio_keepalive"),
+        ("waypoint_rps_ratio_c1", "wasm_rps_ratio_c1"),
+        ("waypoint_rps_ratio_c64", "wasm_rps_ratio_c64"),
+        ("waypoint_p50_ratio", "wasm_p50_ratio"),
+        ("waypoint_p99_ratio", "wasm_p99_ratio"),
+        ("waypoint_rss_ratio", "wasm_rss_ratio"),
         ("native_cpu_ratio", "native_cpu_ratio_keepalive"),
-        ("native_rps_ratio_c4", "native_rps_ratio_keepalive"),
-        ("native_p99_ratio", "native_p99_ratio_keepalive"),
     ] {
         if let Some(v) = results.get(from).cloned() {
             results.insert(to.to_owned(), v);
         }
+    }
+}
+
+/// `median (min-max)` with `decimals` decimals.
+fn spread_cell(samples: &[f64], decimals: usize) -> String {
+    format!("{:.decimals$} ({:.decimals$}-{:.decimals$})", median(samples), min(samples), max(samples))
+}
+
+/// The fixed-rate latencies of every variant, all rounds pooled.
+fn latency_plot(variants: &[Variant], wall: &Wall) -> String {
+    let series: Vec<Series> = variants
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let t = wall.timed.get(&i)?;
+            Some(Series { label: v.name.to_owned(), latencies: t.fixed_rate_latencies.clone() })
+        })
+        .collect();
+    plot::latency_cdf(
+        &format!(
+            "Latency through the mesh at {} requests/s ({FIXED_RATE_CONNECTIONS} keep-alive connections, {ROUNDS} rounds pooled)",
+            wall.fixed_rate
+        ),
+        &series,
+    )
+}
+
+/// The figures `cargo bench -p host-shim --bench tunnel` writes to `TUNNEL_RESULT`.
+#[derive(serde::Deserialize)]
+struct Tunnel {
+    mib: usize,
+    runs: usize,
+    plain_mib_per_s: f64,
+    tunnel_mib_per_s: f64,
+}
+
+impl Tunnel {
+    fn read(file: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))
+    }
+}
+
+fn report_tunnel(out: &mut String, results: &mut serde_json::Map<String, serde_json::Value>, t: &Tunnel) {
+    let ratio = t.tunnel_mib_per_s / t.plain_mib_per_s;
+    let _ = writeln!(
+        out,
+        "\n### HBONE tunnel\n\n\
+         `cargo bench -p host-shim --bench tunnel`: {} MiB one way through one HBONE tunnel between two host-shims \
+         (mTLS + HTTP/2 CONNECT) against a plain rustls TLS 1.3 stream between the same tasks, same process, \
+         certificates and cipher suites; best of {}:\n\n\
+         | stream | MiB/s |\n|---|---:|\n\
+         | plain rustls TLS stream | {:.1} |\n\
+         | HBONE tunnel (2 shims) | {:.1} |\n\
+         | **tunnel / TLS** | **{ratio:.2}** (goal ≥ 0.6) |\n",
+        t.mib, t.runs, t.plain_mib_per_s, t.tunnel_mib_per_s
+    );
+    results.insert("tunnel_plain_tls_mib_per_s".to_owned(), t.plain_mib_per_s.into());
+    results.insert("tunnel_hbone_mib_per_s".to_owned(), t.tunnel_mib_per_s.into());
+    results.insert("tunnel_throughput_ratio".to_owned(), ratio.into());
+}
+
+/// The ratio table that opens the report, from the figures the phases put in results.json.
+fn report_ratios(out: &mut String, results: &serde_json::Map<String, serde_json::Value>, variants: &[Variant]) {
+    let columns = [
+        ("instructions_ratio_keepalive", "instructions, keep-alive"),
+        ("instructions_ratio_churn", "instructions, new conn. every 10"),
+        ("cpu_ratio_keepalive", "CPU/request, 1 conn."),
+        ("cpu_ratio_churn", "CPU/request, new conn. every 10"),
+        ("rps_ratio_c1", "requests/s, 1 conn."),
+        ("rps_ratio_c64", "requests/s, 64 conn."),
+        ("p50_ratio", "p50 at the fixed rate"),
+        ("p99_ratio", "p99 at the fixed rate"),
+        ("rss_ratio", "RSS"),
+    ];
+    let Some(plain) = variants.first() else { return };
+    let _ = writeln!(out, "\n### Ratios (variant / {}, medians; the figures behind them below)\n", plain.name);
+    let _ = writeln!(out, "| variant | {} |\n|---|{}", columns.map(|c| c.1).join(" | "), "---:|".repeat(columns.len()));
+    for v in variants.iter().skip(1) {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(key, _)| {
+                results
+                    .get(&format!("{}_{key}", v.name))
+                    .and_then(|r| r.as_f64())
+                    .map_or("–".to_owned(), |r| format!("{r:.2}"))
+            })
+            .collect();
+        let _ = writeln!(out, "| {} | {} |", v.name, cells.join(" | "));
+    }
+    let over_floor: Vec<String> = [("wasm", "noop-wasm"), ("native", "noop-native")]
+        .iter()
+        .filter_map(|(ours, floor)| {
+            let r = results.get(&format!("{ours}_over_floor_instructions_ratio_keepalive"))?.as_f64()?;
+            Some(format!("{ours} / {floor} {r:.3}×"))
+        })
+        .collect();
+    if !over_floor.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nInstructions of our module over its do-nothing module, keep-alive: {} (goal ≤ 1.10×).",
+            over_floor.join(", ")
+        );
+    }
+    if let Some(r) = results.get("tunnel_throughput_ratio").and_then(|r| r.as_f64()) {
+        let _ = writeln!(out, "\nHBONE tunnel / plain rustls stream, throughput: {r:.2} (goal ≥ 0.6).");
     }
 }
 
