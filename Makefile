@@ -59,7 +59,7 @@ test-wasm-engine:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  $(CARGO) test -p waypoint-core --target wasm32-unknown-unknown --test codec
 
-# The performance record (BENCHMARKS.md), not part of `make test`, about 16 minutes:
+# The performance record (BENCHMARKS.md), not part of `make test`, about 20 minutes:
 # every waypoint variant side by side in one run, instructions per request under
 # valgrind's callgrind, then wall-clock CPU, requests/s and p99; then one HBONE
 # tunnel's throughput vs a plain rustls stream.
