@@ -47,6 +47,8 @@ test: build lint test-native test-wasm-engine testbed-test
 # the dependency graph (offline: advisories need the network).
 lint:
 	$(CARGO) clippy -q --workspace --all-targets -- -D warnings
+	@# cargo deny reads every platform's dependencies; a build fetches only this one's.
+	$(CARGO) fetch -q
 	$(CARGO) deny --offline check bans licenses sources
 	$(CARGO) clippy -q -p waypoint --target wasm32-wasip1 -- -D warnings
 

@@ -219,13 +219,7 @@ impl Discovery {
 
     /// The upstream filter's CONNECT 200: the destination as the tunnel knows it, from the
     /// answer's headers and the tunnel's certificate.
-    pub fn tunnel_peer(
-        &self,
-        answer: &Headers,
-        limits: &Limits,
-        host: &impl Host,
-        worker: &mut Worker,
-    ) -> Peer {
+    pub fn tunnel_peer(&self, answer: &Headers, limits: &Limits, host: &impl Host, worker: &mut Worker) -> Peer {
         let mut peer = Peer::default();
         if self.uses(Method::Baggage)
             && let Some(raw) = answer.get(BAGGAGE)

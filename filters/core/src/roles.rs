@@ -142,8 +142,7 @@ impl Stats {
     pub fn on_response_headers(&self, host: &impl Host, worker: &mut Worker, state: &mut RequestState) {
         let Some(headers) = counted(host.headers(HeaderMap::Response), host, worker) else { return };
         state.facts.on_response_headers(&headers, &self.limits, host, worker);
-        state.endpoint_peer =
-            self.upstream.endpoint_peer(headers.get(ENDPOINT_HEADER), &self.limits, host, worker);
+        state.endpoint_peer = self.upstream.endpoint_peer(headers.get(ENDPOINT_HEADER), &self.limits, host, worker);
         worker.hold(state.endpoint_peer);
         let Some(x) = headers.get(UPSTREAM_CONNECTION_HEADER).and_then(parse_u64) else { return };
         state.tunnel_peer = match worker.tunnels.carrier_of(x) {

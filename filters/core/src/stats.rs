@@ -44,13 +44,7 @@ impl Facts {
         self.grpc = headers.get("content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"));
     }
 
-    pub fn on_response_headers(
-        &mut self,
-        headers: &Headers,
-        limits: &Limits,
-        host: &impl Host,
-        worker: &mut Worker,
-    ) {
+    pub fn on_response_headers(&mut self, headers: &Headers, limits: &Limits, host: &impl Host, worker: &mut Worker) {
         self.response_code = headers.get(":status").and_then(parse_u32).unwrap_or(0);
         if self.grpc {
             // A trailers-only gRPC answer carries its status in the headers.
