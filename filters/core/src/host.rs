@@ -133,14 +133,6 @@ impl Headers {
             Some((self.bytes.get(start..name_end)?, self.bytes.get(name_end..end)?))
         })
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 impl<N: AsRef<[u8]>, V: AsRef<[u8]>> FromIterator<(N, V)> for Headers {

@@ -96,7 +96,7 @@ mod tests {
     #[test]
     fn header_pairs_round_trip_with_non_utf8_values() {
         let raw = serialize(&[(":status", b"200"), ("baggage", b"\xff\xfe"), ("empty", b"")]);
-        let headers = parse_header_pairs(&raw).expect("well framed");
+        let headers = parse_header_pairs(&raw).unwrap_or_default();
         let pairs: Vec<(&[u8], &[u8])> = headers.iter().collect();
         assert_eq!(pairs, [(&b":status"[..], &b"200"[..]), (b"baggage", b"\xff\xfe"), (b"empty", b"")]);
         assert_eq!(headers.get("baggage"), Some(&b"\xff\xfe"[..]));
